@@ -1,0 +1,39 @@
+"""Compose the project's Hydra configs (experiments/) from command-line style overrides.
+
+One entry point for every command and test; it never changes defaults that signatures depend on.
+"""
+
+from pathlib import Path
+
+from hydra import compose, initialize_config_dir
+from hydra.errors import ConfigCompositionException
+from omegaconf import DictConfig, OmegaConf
+
+CONFIG_DIR = Path(__file__).resolve().parent.parent / "experiments"
+
+
+class ConfigError(ValueError):
+    """A configuration that cannot be composed or does not make sense; the message says the fix."""
+
+
+def compose_config(overrides: list[str] | tuple[str, ...] = (), config_name: str = "config") -> DictConfig:
+    """The resolved config for `overrides` (e.g. ["model=sashimi-2", "train.lr=0.002"])."""
+    try:
+        with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base="1.3", job_name="study"):
+            config = compose(config_name=config_name, overrides=list(overrides))
+    except ConfigCompositionException as error:
+        cause = error.__cause__ or error
+        raise ConfigError(
+            f"cannot compose the config from overrides {list(overrides)}: {cause}. "
+            f"Config groups live in {CONFIG_DIR}; `study info` lists them."
+        ) from error
+    OmegaConf.resolve(config)
+    return config
+
+
+def config_groups() -> dict[str, list[str]]:
+    """Available options for every config group, e.g. {'model': ['sashimi-2', 'sashimi-8'], ...}."""
+    groups = {}
+    for folder in sorted(p for p in CONFIG_DIR.iterdir() if p.is_dir()):
+        groups[folder.name] = sorted(f.stem for f in folder.glob("*.yaml"))
+    return groups
