@@ -1,0 +1,369 @@
+"""SaShiMi: the multi-scale S4 autoregressive waveform model of Goel et al. 2022, as in the official code.
+
+Reads top to bottom: config, norms, residual blocks, pooling, backbone, token model, presets.
+`forward` (parallel) and `step` (one sample) live together and must give the same logits.
+"""
+
+from dataclasses import asdict, dataclass, field, fields
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from study.s4 import ChannelLinear, S4Block, S4LayerSettings, mark_optim
+
+
+@dataclass
+class ModelConfig:
+    name: str = "sashimi-8"
+    n_layers: int = 8             # S4 + FF block pairs per stage (centre and each up stage)
+    d_model: int = 64
+    pool: list[int] = field(default_factory=lambda: [4, 4])
+    expand: int = 2
+    ff: int = 2
+    dropout: float = 0.0
+    norm: str = "transposed_ln"   # transposed_ln (official: scalar mean/scale) | layer_norm
+    n_classes: int = 256          # 2 ** data.bits
+    l_max: int = 131072           # training window; layer reference lengths are l_max / pooling
+    ssm_mode: str = "nplr"        # nplr (S4, DPLR) | diag (S4D)
+    ssm_init: str = "legs"        # legs | diag-lin | diag-inv (diag mode)
+    d_state: int = 64
+    rank: int = 1
+    dt_min: float = 0.001
+    dt_max: float = 0.1
+    dt_transform: str = "softplus"
+    ssm_lr: float = 0.001         # learning rate of dt, A, B, P (no weight decay)
+    final_act: str = "glu"        # glu | id (id: the paper-era parameter counts)
+    kernel_backend: str = "auto"  # auto | torch | triton
+
+    @property
+    def total_pool(self) -> int:
+        total = 1
+        for stride in self.pool:
+            total *= stride
+        return total
+
+    def validate(self) -> None:
+        if self.l_max % self.total_pool:
+            raise ValueError(
+                f"data.sample_len={self.l_max} is not divisible by the total pooling factor {self.total_pool} "
+                f"(model.pool={list(self.pool)}); use a multiple of {self.total_pool}, e.g. "
+                f"{(self.l_max // self.total_pool + 1) * self.total_pool}")
+        if self.d_state % 2:
+            raise ValueError(f"model.d_state={self.d_state} must be even (conjugate pairs)")
+        if not 0 <= self.dropout < 1:
+            raise ValueError(f"model.dropout={self.dropout} must be in [0, 1)")
+        if self.norm not in ("transposed_ln", "layer_norm"):
+            raise ValueError(f"model.norm={self.norm!r} is unknown: use transposed_ln or layer_norm")
+
+    def layer_settings(self) -> S4LayerSettings:
+        return S4LayerSettings(mode=self.ssm_mode, init=self.ssm_init, d_state=self.d_state, rank=self.rank,
+                               dt_min=self.dt_min, dt_max=self.dt_max, dt_transform=self.dt_transform,
+                               lr=self.ssm_lr, final_act=self.final_act, dropout=self.dropout,
+                               kernel_backend=self.kernel_backend)
+
+
+PRESETS = {
+    "sashimi-8": ModelConfig(name="sashimi-8", n_layers=8),
+    "sashimi-2": ModelConfig(name="sashimi-2", n_layers=2),
+}
+
+
+def model_config_from(config) -> ModelConfig:
+    """ModelConfig from a composed config (model group + data.bits, data.sample_len) or a mapping."""
+    known = {f.name for f in fields(ModelConfig)}
+    if "model" in config:
+        values = {k: v for k, v in dict(config["model"]).items() if k in known}
+        unknown = set(dict(config["model"])) - known
+        if unknown:
+            raise ValueError(f"unknown model keys {sorted(unknown)}; known keys: {sorted(known)}")
+        values["n_classes"] = 2 ** int(config["data"]["bits"])
+        values["l_max"] = int(config["data"]["sample_len"])
+    else:
+        values = {k: v for k, v in dict(config).items() if k in known}
+    values["pool"] = [int(p) for p in values.get("pool", [4, 4])]
+    model_config = ModelConfig(**values)
+    model_config.validate()
+    return model_config
+
+
+# -- norms ------------------------------------------------------------------------------------------
+class TransposedLN(nn.Module):
+    """The official scalar channel norm on (B, H, ...): y = s / std_H(x) * (x - mean_H(x) + m).
+
+    Scalars m, s are learned (no weight decay); std is the biased standard deviation over H.
+    """
+
+    def __init__(self):
+        super().__init__()
+        self.m = mark_optim(nn.Parameter(torch.zeros(1)), weight_decay=0.0)
+        self.s = mark_optim(nn.Parameter(torch.ones(1)), weight_decay=0.0)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        std, mean = torch.std_mean(x, dim=1, unbiased=False, keepdim=True)
+        return (self.s / std) * (x - mean + self.m)
+
+
+class ChannelLayerNorm(nn.Module):
+    """Full LayerNorm over the channel axis of (B, H, ...), with per-channel scale and shift."""
+
+    def __init__(self, channels: int):
+        super().__init__()
+        self.norm = nn.LayerNorm(channels)
+        for parameter in self.norm.parameters():
+            mark_optim(parameter, weight_decay=0.0)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.norm(x.transpose(1, -1)).transpose(1, -1)
+
+
+def make_norm(kind: str, channels: int) -> nn.Module:
+    return TransposedLN() if kind == "transposed_ln" else ChannelLayerNorm(channels)
+
+
+# -- residual blocks ---------------------------------------------------------------------------------
+class FeedForward(nn.Module):
+    """H -> ff*H (GELU) -> dropout -> H, on (B, H, L) or (B, H)."""
+
+    def __init__(self, channels: int, expand: int, dropout: float):
+        super().__init__()
+        self.linear_in = ChannelLinear(channels, expand * channels)
+        self.dropout = nn.Dropout(dropout) if dropout > 0 else nn.Identity()
+        self.linear_out = ChannelLinear(expand * channels, channels)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.linear_out(self.dropout(F.gelu(self.linear_in(x))))
+
+
+class ResidualBlock(nn.Module):
+    """Prenorm residual: x + layer(norm(x)). The layer is an S4Block (stateful) or FeedForward."""
+
+    def __init__(self, layer: nn.Module, norm: nn.Module):
+        super().__init__()
+        self.norm, self.layer = norm, layer
+        self.stateful = isinstance(layer, S4Block)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x + self.layer(self.norm(x))
+
+    def step(self, x: torch.Tensor, memory, params):
+        y = self.norm(x.unsqueeze(-1)).squeeze(-1)
+        if self.stateful:
+            y, memory = self.layer.step(y, memory, params)
+        else:
+            y = self.layer(y)
+        return x + y, memory
+
+
+# -- pooling -----------------------------------------------------------------------------------------
+class DownPool(nn.Module):
+    """(B, H, L*s) -> regroup (B, H*s, L) -> weight-normed linear -> (B, H_out, L).
+
+    Step mode buffers `stride` inputs and emits one output when the group is full.
+    """
+
+    def __init__(self, channels: int, out_channels: int, stride: int):
+        super().__init__()
+        self.stride = stride
+        self.linear = ChannelLinear(channels * stride, out_channels, weight_norm=True)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        batch, channels, length = x.shape
+        x = x.view(batch, channels, length // self.stride, self.stride).transpose(2, 3)
+        return self.linear(x.reshape(batch, channels * self.stride, length // self.stride))
+
+    def step(self, x: torch.Tensor, buffer: list) -> tuple[torch.Tensor | None, list]:
+        buffer = buffer + [x]
+        if len(buffer) < self.stride:
+            return None, buffer
+        grouped = torch.stack(buffer, dim=-1).flatten(1)  # (B, H*s), h major
+        return self.linear(grouped), []
+
+
+class UpPool(nn.Module):
+    """(B, H_in, L) -> linear to H_out*s -> shift right one pooled step (causal) -> (B, H_out, L*s).
+
+    Step mode emits the buffered outputs of the previous group, one per sample, and refills the
+    buffer from the coarse input when it runs out.
+    """
+
+    def __init__(self, channels: int, out_channels: int, stride: int):
+        super().__init__()
+        self.stride, self.out_channels = stride, out_channels
+        self.linear = ChannelLinear(channels, out_channels * stride, weight_norm=True)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.linear(x)
+        x = F.pad(x[..., :-1], (1, 0))
+        batch, _, length = x.shape
+        x = x.view(batch, self.out_channels, self.stride, length).transpose(2, 3)
+        return x.reshape(batch, self.out_channels, length * self.stride)
+
+    def initial_buffer(self, batch_size: int, device) -> list:
+        return [torch.zeros(batch_size, self.out_channels, device=device) for _ in range(self.stride)]
+
+    def step(self, x: torch.Tensor | None, buffer: list) -> tuple[torch.Tensor, list]:
+        y, buffer = buffer[0], buffer[1:]
+        if not buffer:
+            expanded = self.linear(x).view(-1, self.out_channels, self.stride)
+            buffer = list(expanded.unbind(-1))
+        return y, buffer
+
+
+# -- backbone ----------------------------------------------------------------------------------------
+class SaShiMiBackbone(nn.Module):
+    """Down pools, centre stage, up stages with skip connections, as the official Sashimi backbone."""
+
+    def __init__(self, config: ModelConfig):
+        super().__init__()
+        settings = config.layer_settings()
+        channels, length = config.d_model, config.l_max
+
+        def stage(width: int, stage_length: int) -> list[nn.Module]:
+            blocks = []
+            for _ in range(config.n_layers):
+                blocks.append(ResidualBlock(S4Block(width, stage_length, settings), make_norm(config.norm, width)))
+                if config.ff > 0:
+                    blocks.append(ResidualBlock(FeedForward(width, config.ff, config.dropout),
+                                                make_norm(config.norm, width)))
+            return blocks
+
+        self.down_pools = nn.ModuleList()
+        for stride in config.pool:
+            self.down_pools.append(DownPool(channels, channels * config.expand, stride))
+            channels, length = channels * config.expand, length // stride
+        self.centre = nn.ModuleList(stage(channels, length))
+        self.up_stages = nn.ModuleList()
+        for stride in reversed(config.pool):
+            channels, length = channels // config.expand, length * stride
+            up_pool = UpPool(channels * config.expand, channels, stride)
+            self.up_stages.append(nn.ModuleList([up_pool] + stage(channels, length)))
+        self.final_norm = nn.LayerNorm(config.d_model)
+        for parameter in self.final_norm.parameters():
+            mark_optim(parameter, weight_decay=0.0)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """(B, H, L) -> (B, L, H)."""
+        skips = [x]
+        for pool in self.down_pools:
+            x = pool(x)
+            skips.append(x)
+        for block in self.centre:
+            x = block(x)
+        x = x + skips.pop()
+        for up_stage in self.up_stages:
+            x = up_stage[0](x) + skips.pop()
+            skips.append(x)
+            for block in up_stage[1:]:
+                x = block(x)
+            x = x + skips.pop()
+        return self.final_norm(x.transpose(1, 2))
+
+    def stateful_blocks(self) -> list[ResidualBlock]:
+        blocks = list(self.centre) + [b for stage in self.up_stages for b in stage[1:]]
+        return [b for b in blocks if b.stateful]
+
+    def initial_state(self, batch_size: int, device) -> dict:
+        return {
+            "down": [[] for _ in self.down_pools],
+            "up": [stage[0].initial_buffer(batch_size, device) for stage in self.up_stages],
+            "memory": {id(b): b.layer.initial_memory(batch_size) for b in self.stateful_blocks()},
+            "params": {id(b): b.layer.step_parameters() for b in self.stateful_blocks()},
+        }
+
+    def _run_blocks(self, blocks, x, state):
+        for block in blocks:
+            key = id(block)
+            if block.stateful:
+                x, state["memory"][key] = block.step(x, state["memory"][key], state["params"][key])
+            else:
+                x, _ = block.step(x, None, None)
+        return x
+
+    def step(self, x: torch.Tensor, state: dict) -> torch.Tensor:
+        """(B, H) -> (B, H); updates `state` (pool buffers and SSM memories) in place."""
+        skips = []
+        for level, pool in enumerate(self.down_pools):
+            skips.append(x)
+            x, state["down"][level] = pool.step(x, state["down"][level])
+            if x is None:
+                break
+        if x is not None:
+            skips.append(x)
+            x = self._run_blocks(self.centre, x, state) + skips.pop()
+        # Stages whose coarse input has not changed this sample are skipped (their pools still emit).
+        first_stage = len(self.down_pools) - len(skips) if x is None else 0
+        for index in range(first_stage, len(self.up_stages)):
+            up_stage = self.up_stages[index]
+            y, state["up"][index] = up_stage[0].step(x, state["up"][index])
+            x = y + skips.pop()
+            skips.append(x)
+            x = self._run_blocks(up_stage[1:], x, state) + skips.pop()
+        return self.final_norm(x)
+
+
+@dataclass
+class RecurrentState:
+    """Everything `SaShiMi.step` needs between samples. `init_state` snapshots the discretised step
+    matrices of the current weights: make a new state after changing the weights."""
+    backbone: dict
+    position: int = 0
+
+
+class SaShiMi(nn.Module):
+    """Tokens -> embedding -> SaShiMi backbone -> linear decoder -> logits over n_classes."""
+
+    def __init__(self, config: ModelConfig):
+        super().__init__()
+        config.validate()
+        self.config = config
+        self.encoder = nn.Embedding(config.n_classes, config.d_model)
+        self.backbone = SaShiMiBackbone(config)
+        self.decoder = nn.Linear(config.d_model, config.n_classes)
+        mark_optim(self.decoder.bias, weight_decay=0.0)
+
+    def forward(self, tokens: torch.Tensor) -> torch.Tensor:
+        """tokens (B, L) int64 -> logits (B, L, n_classes)."""
+        x = self.encoder(tokens).transpose(1, 2)  # (B, H, L)
+        return self.decoder(self.backbone(x))
+
+    @torch.no_grad()
+    def init_state(self, batch_size: int) -> RecurrentState:
+        device = self.decoder.weight.device
+        return RecurrentState(backbone=self.backbone.initial_state(batch_size, device))
+
+    @torch.no_grad()
+    def step(self, token: torch.Tensor, state: RecurrentState) -> tuple[torch.Tensor, RecurrentState]:
+        """token (B,) int64 -> logits (B, n_classes), the state advanced by one sample."""
+        x = self.backbone.step(self.encoder(token), state.backbone)
+        state.position += 1
+        return self.decoder(x), state
+
+
+def build_model(preset_or_config: str | ModelConfig, **overrides) -> SaShiMi:
+    """A SaShiMi model from a preset name ('sashimi-8', 'sashimi-2') or a ModelConfig, with overrides."""
+    if isinstance(preset_or_config, str):
+        if preset_or_config not in PRESETS:
+            raise ValueError(f"unknown model preset {preset_or_config!r}: use one of {sorted(PRESETS)}")
+        base = PRESETS[preset_or_config]
+    else:
+        base = preset_or_config
+    values = asdict(base)
+    values.update(overrides)
+    return SaShiMi(ModelConfig(**values))
+
+
+def parameter_count(model: nn.Module) -> int:
+    return sum(p.numel() for p in model.parameters())
+
+
+def parameter_groups(model: nn.Module, lr: float, weight_decay: float) -> list[dict]:
+    """Optimizer groups: each parameter's `_optim` settings (set where it was created) over the
+    global lr / weight decay. SSM dt, A, B, P: lr 0.001, no decay; biases and norms: no decay."""
+    groups: dict[tuple, list] = {}
+    for parameter in model.parameters():
+        settings = {"lr": lr, "weight_decay": weight_decay}
+        settings.update(getattr(parameter, "_optim", {}))
+        key = (settings["lr"], settings["weight_decay"])
+        groups.setdefault(key, []).append(parameter)
+    return [{"params": params, "lr": key[0], "weight_decay": key[1]} for key, params in sorted(groups.items())]
