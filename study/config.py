@@ -25,7 +25,7 @@ def compose_config(overrides: list[str] | tuple[str, ...] = (), config_name: str
         cause = error.__cause__ or error
         raise ConfigError(
             f"cannot compose the config from overrides {list(overrides)}: {cause}. "
-            f"Config groups live in {CONFIG_DIR}; `study info` lists them."
+            f"Available config groups: {config_groups()}"
         ) from error
     OmegaConf.resolve(config)
     return config

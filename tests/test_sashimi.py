@@ -1,0 +1,108 @@
+"""SaShiMi: parameter counts of the official presets, causality, gradients, optimizer groups, and
+the recurrent face giving the same logits as the parallel one."""
+
+import pytest
+import torch
+
+from study.sashimi import ModelConfig, build_model, parameter_count, parameter_groups
+
+
+@pytest.mark.parametrize("preset,final_act,expected", [
+    ("sashimi-8", "glu", 4_751_072), ("sashimi-2", "glu", 1_460_120),
+    ("sashimi-8", "id", 4_059_360), ("sashimi-2", "id", 1_287_192),
+])
+def test_parameter_counts_equal_the_official_models(preset, final_act, expected):
+    assert parameter_count(build_model(preset, final_act=final_act, l_max=1024)) == expected
+
+
+def test_number_of_classes_is_a_parameter():
+    model = build_model("sashimi-2", n_classes=1024, l_max=256)
+    assert model(torch.randint(0, 1024, (1, 256))).shape == (1, 256, 1024)
+
+
+def small_model(**overrides):
+    values = dict(n_layers=1, d_model=16, d_state=16, l_max=256)
+    values.update(overrides)
+    return build_model("sashimi-2", **values).eval()
+
+
+@pytest.mark.parametrize("position", [0, 15, 16, 17, 63, 64, 200])
+def test_outputs_never_depend_on_later_inputs(position):
+    model = small_model()
+    tokens = torch.randint(0, 256, (1, 256))
+    changed = tokens.clone()
+    changed[0, position] = (tokens[0, position] + 128) % 256
+    with torch.no_grad():
+        before, after = model(tokens), model(changed)
+    assert torch.allclose(before[:, :position], after[:, :position], atol=1e-5)
+    assert (before[:, position:] - after[:, position:]).abs().max() > 1e-3
+
+
+def test_gradients_reach_every_parameter_and_are_finite():
+    model = small_model().train()
+    tokens = torch.randint(0, 256, (2, 256))
+    logits = model(tokens)
+    torch.nn.functional.cross_entropy(logits.reshape(-1, 256), tokens.reshape(-1)).backward()
+    for name, parameter in model.named_parameters():
+        assert parameter.grad is not None, name
+        assert torch.isfinite(parameter.grad).all(), name
+        assert parameter.grad.abs().sum() > 0, name
+
+
+def test_optimizer_groups_follow_the_official_recipe():
+    model = small_model()
+    groups = parameter_groups(model, lr=0.004, weight_decay=0.1)
+    group_of = {id(p): (g["lr"], g["weight_decay"]) for g in groups for p in g["params"]}
+    assert len(group_of) == len(list(model.parameters()))
+    for name, parameter in model.named_parameters():
+        leaf = name.split(".")[-1]
+        if leaf in ("inv_dt", "A_real", "A_imag", "B", "P"):
+            assert group_of[id(parameter)] == (0.001, 0.0), name
+        elif leaf in ("bias", "m", "s") or "final_norm" in name:
+            assert group_of[id(parameter)] == (0.004, 0.0), name
+        else:
+            assert group_of[id(parameter)] == (0.004, 0.1), name
+
+
+def test_sample_length_must_divide_by_the_pooling():
+    with pytest.raises(ValueError, match="not divisible by the total pooling factor 16"):
+        build_model("sashimi-2", l_max=1000)
+
+
+def assert_step_matches_forward(model, length, batch_size=1, tolerance=1e-4):
+    tokens = torch.randint(0, model.config.n_classes, (batch_size, length))
+    with torch.no_grad():
+        expected = model(tokens)
+    state = model.init_state(batch_size)
+    outputs = []
+    for t in range(length):
+        logits, state = model.step(tokens[:, t], state)
+        outputs.append(logits)
+    error = (torch.stack(outputs, 1) - expected).abs().max().item()
+    assert error <= tolerance, f"max |step - forward| = {error}"
+
+
+def perturb_(model, scale=0.1):
+    with torch.no_grad():
+        for parameter in model.parameters():
+            parameter.add_(scale * torch.randn_like(parameter) * parameter.abs().mean())
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("preset", ["sashimi-2", "sashimi-8"])
+@pytest.mark.parametrize("perturbed", [False, True])
+def test_recurrent_face_equals_parallel_face_over_4096_samples(preset, perturbed):
+    model = build_model(preset, l_max=4096).eval()
+    if perturbed:
+        perturb_(model)
+    assert_step_matches_forward(model, 4096)
+
+
+@pytest.mark.parametrize("overrides", [
+    dict(norm="layer_norm"), dict(ssm_mode="diag", ssm_init="diag-lin"), dict(final_act="id"),
+    dict(pool=[2, 4], expand=3), dict(dt_transform="exp"),
+])
+def test_step_matches_forward_for_model_variants(overrides):
+    model = small_model(**overrides)
+    perturb_(model)
+    assert_step_matches_forward(model, 256, batch_size=2)
