@@ -3,11 +3,12 @@
 Fused over the state size N so that no (H, N, L) tensor is ever stored; the PyTorch reference they
 must match lives in study.kernel_ops. They never run in place of another backend without being asked.
 
-Layout: every program owns one row h and one block of K (or L) positions, keeps the block in
-registers and loops over n < N. Complex numbers travel as interleaved (real, imag) float32 pairs
-(`torch.view_as_real`). Backward passes reduce over K (or L) inside each program and write one
-partial sum per (split, row, h, n); the few splits are summed in PyTorch, so results are
-deterministic (no atomics).
+Layout: every program owns one head h, a group of leading rows (Woodbury combos, channels) and one
+block of K (or L) positions, keeps them in registers and loops over n < N, computing each basis
+value 1/(z - w) or exp(x l) once for all rows of the group. Complex numbers travel as interleaved
+(real, imag) float32 pairs (`torch.view_as_real`). Backward passes reduce over K (or L) inside
+each program and write one partial sum per (split, row, h, n); the few splits are summed in
+PyTorch, so results are deterministic (no atomics).
 """
 
 import math
@@ -32,7 +33,10 @@ MAX_BLOCK_ROWS = 8
 TARGET_PROGRAMS = 2048
 NUM_WARPS = 4
 
-if INTERPRETED:
+# exp(x l) = exp(Re x l) (cos + i sin)(Im x l), each factor computed directly from l, never by
+# repeated multiplication. tl.exp (ex2.approx) loses relative accuracy only where Re(x) l is large
+# and negative, i.e. where the term is negligible.
+if INTERPRETED:  # NumPy's cos/sin; libdevice does not run in the interpreter
     @triton.jit
     def _cos(x):
         return tl.cos(x)
@@ -55,7 +59,7 @@ else:
 
 @triton.jit
 def _cauchy_basis(z_re, z_im, w_re, w_im, mask):
-    """1/(z - w) = a and 1/(z - conj w) = b, returned as (re(a+b), im(a+b), re(a-b), im(a-b))."""
+    """a = 1/(z - w) and b = 1/(z - conj w) as (a_re, a_im, b_re, b_im); masked lanes give finite junk."""
     d_re = z_re - w_re
     d_re2 = d_re * d_re
     minus_im = z_im - w_im  # Im(z - w)

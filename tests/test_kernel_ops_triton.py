@@ -6,6 +6,9 @@ sizes; tests marked `cuda` compile them for a GPU at model sizes (`make gpu-chec
 
 import logging
 import math
+import os
+import subprocess
+import sys
 
 import pytest
 import torch
@@ -294,3 +297,38 @@ def test_cuda_auto_picks_triton(compiled_triton_ops):
     assert kernel_ops.resolve_backend("auto", torch.device("cuda")) == "triton"
     c, x, _ = vandermonde_inputs((), 8, MODEL_STATE_HALF, 1000, device="cuda")
     assert torch.equal(kernel_ops.vandermonde_conj(c, x, 1000, "auto"), compiled_triton_ops.vandermonde_conj_triton(c, x, 1000))
+
+
+# ---- compiled for a GPU without one: code generation only -------------------------------------------
+
+COMPILE_SCRIPT = """
+import os, triton
+from triton.backends.compiler import GPUTarget
+from study import kernel_ops_triton as ops
+assert not ops.INTERPRETED
+kernels = [
+    (ops._cauchy_forward_kernel, 4, {"N": 32, "BLOCK_ROWS": 4, "BLOCK": ops.CAUCHY_BLOCK}),
+    (ops._cauchy_backward_kernel, 4, {"N": 32, "CHUNKS": 16, "BLOCK_ROWS": 4, "BLOCK": ops.CAUCHY_BLOCK}),
+    (ops._vandermonde_forward_kernel, 3, {"N": 32, "BLOCK_ROWS": 1, "BLOCK": ops.VANDERMONDE_BLOCK}),
+    (ops._vandermonde_backward_kernel, 3, {"N": 32, "CHUNKS": 16, "BLOCK_ROWS": 1, "BLOCK": ops.VANDERMONDE_BLOCK}),
+]
+for kernel, pointers, constants in kernels:
+    names = kernel.arg_names
+    signature = {name: "*fp32" for name in names[:pointers]}
+    signature.update({name: "i32" for name in names[pointers:] if name not in constants})
+    signature.update({name: "constexpr" for name in constants})
+    source = triton.compiler.ASTSource(fn=kernel, signature=signature, constexprs=constants)
+    ptx = triton.compile(source, target=GPUTarget("cuda", 90, 32), options={"num_warps": ops.NUM_WARPS}).asm["ptx"]
+    assert "sin.approx" not in ptx and "cos.approx" not in ptx, kernel.__name__
+print("compiled", len(kernels))
+"""
+
+
+def test_kernels_compile_for_an_h100_without_one(tmp_path):
+    """The interpreter accepts code the compiler rejects: generate sm_90 code (no GPU needed), no approximate sin/cos."""
+    env = {key: value for key, value in os.environ.items() if key != "TRITON_INTERPRET"}
+    env["TRITON_CACHE_DIR"] = str(tmp_path)
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    env["PYTHONPATH"] = os.pathsep.join([root, env.get("PYTHONPATH", "")])
+    result = subprocess.run([sys.executable, "-c", COMPILE_SCRIPT], env=env, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0 and "compiled 4" in result.stdout, result.stderr[-3000:]
