@@ -50,6 +50,7 @@ report: install
 	$(BIN)/study report $(ARGS)
 
 gpu-check: install
+	@$(BIN)/python -c "import sys, torch; sys.exit(0 if torch.cuda.is_available() else 'make gpu-check needs a CUDA GPU: torch.cuda.is_available() is False on this machine')"
 	$(BIN)/python -m pytest -m cuda -v $(ARGS)
 	$(BIN)/study bench kernel
 	$(BIN)/study bench model

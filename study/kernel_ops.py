@@ -134,7 +134,9 @@ class _VandermondeConj(torch.autograd.Function):
 
 
 def cauchy_conj_torch(v: torch.Tensor, z: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
-    """Chunked PyTorch Cauchy sum; v (..., H, N), z (K,), w (H, N) complex -> (..., H, K)."""
+    """Chunked PyTorch Cauchy sum; v (..., H, N), z (K,), w (H, N) complex -> (..., H, K). No gradient for z."""
+    if z.requires_grad and torch.is_grad_enabled():
+        raise ValueError("cauchy_conj_torch gives no gradient for the nodes z: pass z.detach() (S4's z are constants)")
     return _CauchyConj.apply(v, z, w)
 
 
@@ -150,12 +152,14 @@ _announced: set[tuple[str, str]] = set()
 def _triton_unavailable_reason(device: torch.device) -> str | None:
     """None when the Triton kernels can run on `device`, else why not."""
     interpret = os.environ.get("TRITON_INTERPRET") == "1"
-    if device.type != "cuda" and not interpret:
-        return f"tensors are on {device.type}, and Triton needs CUDA (or TRITON_INTERPRET=1)"
+    if device.type not in ("cuda", "cpu") or (device.type == "cpu" and not interpret):
+        return f"tensors are on {device.type}, and Triton needs CUDA (or CPU with TRITON_INTERPRET=1, for tests)"
     try:
-        import study.kernel_ops_triton  # noqa: F401
+        import study.kernel_ops_triton as kernel_ops_triton
     except ImportError as error:
         return f"Triton kernels could not be imported: {error}"
+    if device.type == "cpu" and not kernel_ops_triton.INTERPRETED:
+        return "TRITON_INTERPRET=1 was set after the Triton kernels were imported; set it before Python starts"
     return None
 
 
