@@ -205,17 +205,17 @@ def test_triton_on_cpu_without_interpreter_is_an_error(monkeypatch):
 
 
 @pytest.mark.parametrize("interpret", [None, "1"])
-def test_auto_on_cpu_picks_torch(monkeypatch, interpret):
+def test_auto_on_cpu_picks_the_fused_cpu_kernel(monkeypatch, interpret):
     if interpret is None:
         monkeypatch.delenv("TRITON_INTERPRET", raising=False)
     else:
         monkeypatch.setenv("TRITON_INTERPRET", interpret)
-    assert kernel_ops.resolve_backend("auto", torch.device("cpu")) == "torch"
+    assert kernel_ops.resolve_backend("auto", torch.device("cpu")) == "numba"
     assert kernel_ops.resolve_backend("torch", torch.device("cpu")) == "torch"
 
 
 def test_unknown_backend_is_an_error():
-    with pytest.raises(ValueError, match="kernel_backend='cuda'.*auto, torch, triton"):
+    with pytest.raises(ValueError, match="kernel_backend='cuda'.*auto, torch, numba, triton"):
         kernel_ops.resolve_backend("cuda", torch.device("cpu"))
 
 
@@ -225,7 +225,7 @@ def test_backend_choice_is_logged_once(monkeypatch, caplog):
         for _ in range(3):
             kernel_ops.resolve_backend("auto", torch.device("cpu"))
     messages = [record.getMessage() for record in caplog.records]
-    assert len(messages) == 1 and messages[0].startswith("S4 kernel backend: torch (tensors are on cpu"), messages
+    assert len(messages) == 1 and messages[0].startswith("S4 kernel backend: numba (asked: auto"), messages
 
 
 def test_dispatch_runs_the_backend_asked_for(triton_ops, monkeypatch):
