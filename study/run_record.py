@@ -1,0 +1,78 @@
+"""The run record: one JSON file beside a run's checkpoints that says how to reproduce it.
+
+Written atomically; it records facts (config, signature, code version, packages, device, data
+fingerprint, metrics, status) and never anything secret such as tokens or environment variables.
+"""
+
+import json
+import os
+import platform
+import subprocess
+import tempfile
+from importlib import metadata
+from pathlib import Path
+
+import torch
+
+RECORD_NAME = "run.json"
+PACKAGES = ("torch", "torchaudio", "triton", "numba", "numpy", "hydra-core", "omegaconf", "datasets",
+            "soundfile", "soxr", "ray", "wandb", "optuna", "pandas", "sashimi-study")
+
+
+def git_state(directory: Path) -> dict:
+    """{'commit': sha or None, 'dirty': bool or None} of the repository holding `directory`."""
+    def run(*args):
+        return subprocess.run(["git", *args], cwd=directory, capture_output=True, text=True, timeout=10)
+    try:
+        commit = run("rev-parse", "HEAD")
+        if commit.returncode != 0:
+            return {"commit": None, "dirty": None}
+        status = run("status", "--porcelain", "--untracked-files=no")
+        return {"commit": commit.stdout.strip(), "dirty": bool(status.stdout.strip())}
+    except (OSError, subprocess.TimeoutExpired):
+        return {"commit": None, "dirty": None}
+
+
+def package_versions() -> dict:
+    versions = {}
+    for name in PACKAGES:
+        try:
+            versions[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            versions[name] = None
+    return versions
+
+
+def device_description(device: torch.device) -> dict:
+    info = {"type": device.type, "platform": platform.platform(), "python": platform.python_version(),
+            "cpu_threads": torch.get_num_threads()}
+    if device.type == "cuda":
+        info["gpu"] = torch.cuda.get_device_name(device)
+    return info
+
+
+def write_json_atomic(path: Path, content: dict) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    descriptor, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(descriptor, "w") as handle:
+            json.dump(content, handle, indent=2, sort_keys=True, default=str)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(temporary, path)
+    except BaseException:
+        Path(temporary).unlink(missing_ok=True)
+        raise
+
+
+def read_record(run_dir: Path) -> dict:
+    path = Path(run_dir) / RECORD_NAME
+    return json.loads(path.read_text()) if path.is_file() else {}
+
+
+def update_record(run_dir: Path, **fields) -> dict:
+    """Merge `fields` into run_dir/run.json (created if missing) and rewrite it atomically."""
+    record = read_record(run_dir)
+    record.update(fields)
+    write_json_atomic(Path(run_dir) / RECORD_NAME, record)
+    return record
