@@ -41,18 +41,21 @@ class AudioInfo:
 
 def read_info(path: Path) -> AudioInfo:
     """Header of `path`; UnusableAudioError if libsndfile cannot open it (corrupt, empty, not audio)."""
+    if path.is_file() and path.stat().st_size == 0:
+        raise UnusableAudioError("empty file: 0 bytes")
     try:
         info = soundfile.info(str(path))
     except (RuntimeError, OSError, ValueError, EOFError) as error:
-        raise UnusableAudioError(f"cannot decode: {_short(error)}") from error
+        raise UnusableAudioError(f"cannot decode: {_short(error, path)}") from error
     if info.samplerate <= 0 or info.channels <= 0:
         raise UnusableAudioError(f"invalid header: {info.samplerate} Hz, {info.channels} channels")
     return AudioInfo(info.samplerate, info.channels, info.frames, info.format, info.subtype)
 
 
-def _short(error: Exception) -> str:
+def _short(error: Exception, path: Path) -> str:
+    """First line of the error, with the file's full path shortened to its name."""
     text = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
-    return text[:200]
+    return text.replace(str(path), path.name)[:200]
 
 
 def to_mono(frames: np.ndarray) -> np.ndarray:
@@ -89,7 +92,7 @@ def iter_audio(path: Path, sample_rate: int) -> Iterator[np.ndarray]:
     except UnusableAudioError:
         raise
     except (RuntimeError, OSError, ValueError, EOFError) as error:
-        raise UnusableAudioError(f"cannot decode: {_short(error)}") from error
+        raise UnusableAudioError(f"cannot decode: {_short(error, path)}") from error
     if stream is not None:
         tail = stream.resample_chunk(np.zeros(0, dtype=np.float32), last=True)
         if len(tail):

@@ -19,6 +19,7 @@ import datasets
 import numpy as np
 import pyarrow as pa
 import torch
+from natsort import natsorted, ns
 from tqdm import tqdm
 
 from study.data import DataError
@@ -169,6 +170,7 @@ def _build(folder: Path, settings: DataSettings, source: SourceFiles, hashes: li
             f"{' ...' if len(skipped) > 5 else ''}); add decodable audio files at least "
             f"data.sample_len={settings.sample_len} samples long"
         )
+    skipped = natsorted(skipped, key=lambda entry: entry["path"], alg=ns.PATH)
     counts = checked_split_counts(len(usable), settings.split)
     splits, first_file, first_row = {}, 0, 0
     everything = datasets.Dataset.from_file(str(stream_path))
