@@ -26,7 +26,7 @@ def data_cache(tmp_path_factory):
 
 
 def tiny(tmp_path, data_cache, *extra):
-    return ["data=toy-piano", "scale=smoke", "model=sashimi-2", "model.n_layers=1", "model.d_model=16",
+    return ["name=tiny", "data=toy-piano", "scale=smoke", "model=sashimi-2", "model.n_layers=1", "model.d_model=16",
             "model.d_state=16", "data.sample_len=1024", "data.toy_clips=24", "data.toy_clip_seconds=2",
             "data.clip_seconds=2", "train.max_epochs=2", "train.max_steps_per_epoch=8", "train.max_eval_windows=2",
             "train.checkpoint_every_steps=2", "tracking.wandb=disabled", f"paths.runs={tmp_path / 'runs'}",
@@ -53,11 +53,19 @@ def test_run_record_makes_the_run_reproducible(tmp_path, data_cache):
                 "final_metrics", "command"):
         assert key in on_disk, key
     assert on_disk["packages"]["torch"].startswith("2.11")
-    assert on_disk["data_config"]["stands_in_for"] == "toy-piano" or on_disk["data_config"]["name"] == "toy-piano"
+    assert on_disk["data_config"]["name"] == "toy-piano" and on_disk["data_fingerprint"]
     # the same experiment lands in the same folder and is not trained again
     again = load_experiment(tiny(tmp_path, data_cache, "train.max_epochs=1", "tracking.wandb=offline"))
     assert again.run_dir == experiment.run_dir
     assert train(again)["finished"] == record["finished"]
+
+
+def test_smoke_scale_swaps_hub_data_for_its_embedded_stand_in():
+    experiment = load_experiment(["experiment=youtubemix-sashimi-8", "scale=smoke"])
+    assert experiment.data.name == "toy-piano" and experiment.data.stands_in_for == "youtubemix"
+    assert experiment.data.source == "toy-piano" and experiment.data.sample_len == 4096
+    full = load_experiment(["experiment=youtubemix-sashimi-8"])
+    assert full.data.name == "youtubemix" and full.data.sample_len == 131072 and full.model.l_max == 131072
 
 
 def test_wandb_offline_files_appear(tmp_path, data_cache):

@@ -127,8 +127,11 @@ def make_loader(prepared: PreparedData, split: str, batch_size: int, shuffle: bo
     if len(dataset) == 0:
         raise DataError(f"the {split} split of {prepared.path} has no windows; prepare with more audio")
     sampler = EpochSampler(len(dataset), shuffle, seed, epoch, start_index)
+    # A private generator: creating an iterator must not draw from the global RNG, or a run resumed
+    # mid-epoch would see different dropout masks than an uninterrupted one.
     return DataLoader(dataset, batch_size=batch_size, sampler=sampler, num_workers=num_workers,
-                      collate_fn=already_batched, drop_last=drop_last, pin_memory=pin_memory)
+                      collate_fn=already_batched, drop_last=drop_last, pin_memory=pin_memory,
+                      generator=torch.Generator().manual_seed(epoch_seed(seed, epoch)))
 
 
 def already_batched(batch: tuple[torch.Tensor, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
