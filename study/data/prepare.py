@@ -24,7 +24,7 @@ from tqdm import tqdm
 
 from study.data import DataError
 from study.data.audio_io import UnusableAudioError, iter_clips, read_info
-from study.data.cache import HASH_ALGORITHM, build_once, file_hashes
+from study.data.cache import HASH_ALGORITHM, HASH_MEMO_NAME, build_once, file_hashes
 from study.data.quantize import token_dtype, tokenize
 from study.data.settings import SPLIT_NAMES, DataSettings
 from study.data.sources import SourceFiles, resolve_source
@@ -88,7 +88,7 @@ def _locate(data_config, paths_config, download: bool) -> tuple[DataSettings, So
     settings = DataSettings.from_config(data_config)
     cache_root = Path(str(paths_config.data_cache)).expanduser()
     source = resolve_source(settings, paths_config, download=download)
-    hashes = file_hashes(source.files, memo_path=cache_root / "file-hashes.json")
+    hashes = file_hashes(source.files, memo_path=cache_root / HASH_MEMO_NAME)
     fingerprint = compute_fingerprint(settings, [source.relative(p) for p in source.files], hashes)
     return settings, source, hashes, fingerprint, cache_root / f"{settings.name}-{fingerprint[:12]}"
 
@@ -107,7 +107,10 @@ def prepare(data_config, paths_config, progress: bool = False) -> PreparedData:
 
 
 def find_prepared(data_config, paths_config) -> PreparedData:
-    """The existing prepared cache for `data_config`, without downloading or building anything."""
+    """The existing prepared cache for `data_config`; never downloads or prepares.
+
+    A toy source's WAV files are generated if missing, since the fingerprint hashes them.
+    """
     settings, _, _, fingerprint, target = _locate(data_config, paths_config, download=False)
     if not (target / MANIFEST_NAME).is_file():
         raise DataError(

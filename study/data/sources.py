@@ -15,7 +15,7 @@ from natsort import natsorted, ns
 
 from study.data import DataError
 from study.data.audio_io import AUDIO_EXTENSIONS
-from study.data.cache import build_once, file_hash
+from study.data.cache import HASH_MEMO_NAME, build_once, file_hashes
 from study.data.settings import DataSettings
 from study.data.toy import toy_folder
 
@@ -94,9 +94,9 @@ def download_archive(settings: DataSettings, downloads: Path) -> Path:
     return Path(downloaded)
 
 
-def extract_archive(archive: Path) -> Path:
+def extract_archive(archive: Path, hash_memo: Path | None = None) -> Path:
     """The archive unpacked (once, atomically) into <archive folder>/extracted-<sha256[:12]>/."""
-    destination = archive.parent / f"extracted-{file_hash(archive)[:12]}"
+    destination = archive.parent / f"extracted-{file_hashes([archive], hash_memo)[0][:12]}"
 
     def unzip(temporary: Path) -> None:
         try:
@@ -131,7 +131,7 @@ def resolve_source(settings: DataSettings, paths_config, download: bool = True) 
                     f"run `study data prepare data={settings.name}` first"
                 )
             archive = download_archive(settings, downloads)
-        root = extract_archive(archive)
+        root = extract_archive(archive, cache_root / HASH_MEMO_NAME)
         description = f"hub dataset {settings.repo_id} file {settings.filename}"
     files, ignored = list_audio_files(root)
     if not files:
