@@ -122,3 +122,11 @@ def test_listing_is_natural_sorted_recursive_and_skips_hidden(tmp_path):
     assert [f.relative_to(tmp_path).as_posix() for f in files] == ["a/1.flac", "b/2.wav", "b/10.wav", "c.MP3"]
     assert [entry["path"] for entry in ignored] == ["cover.jpg"]
     assert np.all(["not one of" in entry["reason"] for entry in ignored])
+
+
+def test_info_on_a_hub_dataset_never_downloads(tmp_path, monkeypatch, capsys):
+    monkeypatch.setattr(huggingface_hub, "hf_hub_download", refuse_download)
+    status = cli_main(["data", "info", "data=bigband", f"paths.data_cache={tmp_path}/cache",
+                       f"paths.downloads={tmp_path}/downloads"])
+    assert status == 2
+    assert "not downloaded yet" in capsys.readouterr().err
