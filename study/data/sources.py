@@ -9,6 +9,7 @@ import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 
+import httpx2  # huggingface_hub's HTTP client; its errors are what a failed request raises
 import huggingface_hub
 from huggingface_hub import errors as hub_errors
 from natsort import natsorted, ns
@@ -78,13 +79,8 @@ def download_archive(settings: DataSettings, downloads: Path) -> Path:
     if target.is_file():
         return target
     log.info("downloading %s from dataset %s into %s", settings.filename, settings.repo_id, target.parent)
-    network_errors: tuple[type[BaseException], ...] = (hub_errors.HfHubHTTPError, hub_errors.LocalEntryNotFoundError,
-                                                       hub_errors.OfflineModeIsEnabled, OSError)
-    try:
-        import httpx2
-        network_errors += (httpx2.HTTPError,)
-    except ImportError:  # older huggingface_hub releases use requests / httpx instead
-        pass
+    network_errors = (hub_errors.HfHubHTTPError, hub_errors.LocalEntryNotFoundError, hub_errors.OfflineModeIsEnabled,
+                      httpx2.HTTPError, OSError)  # OSError: sockets, DNS, a full or read-only disk
     try:
         downloaded = huggingface_hub.hf_hub_download(
             repo_id=settings.repo_id, filename=settings.filename, repo_type="dataset", local_dir=target.parent,
