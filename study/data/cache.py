@@ -17,6 +17,7 @@ from filelock import FileLock, Timeout
 
 log = logging.getLogger(__name__)
 HASH_ALGORITHM = "sha256"
+HASH_MEMO_NAME = "file-hashes.json"  # in paths.data_cache
 
 
 def build_once(target: Path, build: Callable[[Path], None]) -> bool:

@@ -5,6 +5,7 @@ global random state (the order is a pure function of seed, epoch and start posit
 """
 
 import bisect
+import hashlib
 
 import datasets
 import numpy as np
@@ -78,8 +79,12 @@ class WindowDataset(Dataset):
 
 
 def epoch_seed(seed: int, epoch: int) -> int:
-    """Seed of epoch `epoch`'s permutation: seed * 2^32 + epoch (distinct for seed < 2^31, epoch < 2^32)."""
-    return seed * (1 << 32) + epoch
+    """Seed of epoch `epoch`'s permutation: the first 4 bytes (little-endian) of sha256(f"{seed}/{epoch}").
+
+    32 bits because torch's CPU generator (mt19937) uses only the low 32 bits of a seed, so any
+    arithmetic like seed * 2^32 + epoch would ignore the seed; hashing mixes both into those bits.
+    """
+    return int.from_bytes(hashlib.sha256(f"{seed}/{epoch}".encode()).digest()[:4], "little")
 
 
 class EpochSampler(Sampler[int]):

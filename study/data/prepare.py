@@ -12,6 +12,7 @@ import hashlib
 import json
 import logging
 import time
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -24,7 +25,7 @@ from tqdm import tqdm
 
 from study.data import DataError
 from study.data.audio_io import UnusableAudioError, iter_clips, read_info
-from study.data.cache import HASH_ALGORITHM, build_once, file_hashes
+from study.data.cache import HASH_ALGORITHM, HASH_MEMO_NAME, build_once, file_hashes
 from study.data.quantize import token_dtype, tokenize
 from study.data.settings import SPLIT_NAMES, DataSettings
 from study.data.sources import SourceFiles, resolve_source
@@ -88,7 +89,7 @@ def _locate(data_config, paths_config, download: bool) -> tuple[DataSettings, So
     settings = DataSettings.from_config(data_config)
     cache_root = Path(str(paths_config.data_cache)).expanduser()
     source = resolve_source(settings, paths_config, download=download)
-    hashes = file_hashes(source.files, memo_path=cache_root / "file-hashes.json")
+    hashes = file_hashes(source.files, memo_path=cache_root / HASH_MEMO_NAME)
     fingerprint = compute_fingerprint(settings, [source.relative(p) for p in source.files], hashes)
     return settings, source, hashes, fingerprint, cache_root / f"{settings.name}-{fingerprint[:12]}"
 
@@ -107,7 +108,10 @@ def prepare(data_config, paths_config, progress: bool = False) -> PreparedData:
 
 
 def find_prepared(data_config, paths_config) -> PreparedData:
-    """The existing prepared cache for `data_config`, without downloading or building anything."""
+    """The existing prepared cache for `data_config`; never downloads or prepares.
+
+    A toy source's WAV files are generated if missing, since the fingerprint hashes them.
+    """
     settings, _, _, fingerprint, target = _locate(data_config, paths_config, download=False)
     if not (target / MANIFEST_NAME).is_file():
         raise DataError(
@@ -144,53 +148,11 @@ def _file_windows(path: Path, settings: DataSettings, storage: np.dtype) -> tupl
 
 def _build(folder: Path, settings: DataSettings, source: SourceFiles, hashes: list[str], fingerprint: str,
            progress: bool) -> None:
+    """Decode every file into one Arrow stream, cut it into the split datasets, write the manifest last."""
     started = time.perf_counter()
-    features = window_features(settings)
-    storage = np.uint8 if features["tokens"].feature.dtype == "uint8" else np.uint16
     stream_path = folder / "all-windows.arrow"
-    usable, skipped = [], [dict(entry) for entry in source.ignored]
-    with pa.OSFile(str(stream_path), "wb") as sink, pa.ipc.new_stream(sink, features.arrow_schema) as writer:
-        for path, digest in tqdm(list(zip(source.files, hashes)), desc=f"decoding {settings.name}", unit="file",
-                                 disable=not progress):
-            relative = source.relative(path)
-            try:
-                clips, record = _file_windows(path, settings, storage)
-            except UnusableAudioError as error:
-                skipped.append({"path": relative, HASH_ALGORITHM: digest, "reason": str(error)})
-                continue
-            file_index = len(usable)
-            for clip_index, tokens in enumerate(clips):
-                if len(tokens):
-                    writer.write_batch(_batch(tokens, file_index, clip_index, features))
-            usable.append({"path": relative, HASH_ALGORITHM: digest, "bytes": path.stat().st_size, **record})
-    if not usable:
-        reasons = "; ".join(f"{entry['path']}: {entry['reason']}" for entry in skipped[:5])
-        raise DataError(
-            f"no usable audio in {source.description}: {len(skipped)} files skipped ({reasons}"
-            f"{' ...' if len(skipped) > 5 else ''}); add decodable audio files at least "
-            f"data.sample_len={settings.sample_len} samples long"
-        )
-    skipped = natsorted(skipped, key=lambda entry: entry["path"], alg=ns.PATH)
-    counts = checked_split_counts(len(usable), settings.split)
-    splits, first_file, first_row = {}, 0, 0
-    everything = datasets.Dataset.from_file(str(stream_path))
-    parts = {}
-    for name, count in zip(SPLIT_NAMES, counts):
-        members = usable[first_file:first_file + count]
-        for entry in members:
-            entry["split"] = name
-        windows = sum(entry["windows"] for entry in members)
-        parts[name] = everything.select(range(first_row, first_row + windows))
-        splits[name] = {
-            "files": count, "windows": windows,
-            "seconds": round(windows * settings.sample_len / settings.sample_rate, 3),
-            "source_seconds": round(sum(entry["source_seconds"] for entry in members), 3),
-        }
-        first_file += count
-        first_row += windows
-    with _quiet_datasets():
-        datasets.DatasetDict(parts).save_to_disk(str(folder))
-    del everything, parts
+    usable, skipped = _decode_sources(stream_path, settings, source, hashes, progress)
+    splits = _save_splits(folder, stream_path, usable, settings)
     stream_path.unlink()
     warnings = list(settings.warnings)
     if skipped:
@@ -221,6 +183,58 @@ def _build(folder: Path, settings: DataSettings, source: SourceFiles, hashes: li
     (folder / MANIFEST_NAME).write_text(json.dumps(manifest, indent=2) + "\n")
 
 
+def _decode_sources(stream_path: Path, settings: DataSettings, source: SourceFiles, hashes: list[str],
+                    progress: bool) -> tuple[list[dict], list[dict]]:
+    """Windows of every usable file, in file order, appended to one Arrow stream; (usable, skipped) records."""
+    features = window_features(settings)
+    storage = np.uint8 if features["tokens"].feature.dtype == "uint8" else np.uint16
+    usable, skipped = [], [dict(entry) for entry in source.ignored]
+    with pa.OSFile(str(stream_path), "wb") as sink, pa.ipc.new_stream(sink, features.arrow_schema) as writer:
+        for path, digest in tqdm(list(zip(source.files, hashes)), desc=f"decoding {settings.name}", unit="file",
+                                 disable=not progress):
+            relative = source.relative(path)
+            try:
+                clips, record = _file_windows(path, settings, storage)
+            except UnusableAudioError as error:
+                skipped.append({"path": relative, HASH_ALGORITHM: digest, "reason": str(error)})
+                continue
+            for clip_index, tokens in enumerate(clips):
+                if len(tokens):
+                    writer.write_batch(_batch(tokens, len(usable), clip_index, features))
+            usable.append({"path": relative, HASH_ALGORITHM: digest, "bytes": path.stat().st_size, **record})
+    if not usable:
+        reasons = "; ".join(f"{entry['path']}: {entry['reason']}" for entry in skipped[:5])
+        raise DataError(
+            f"no usable audio in {source.description}: {len(skipped)} files skipped ({reasons}"
+            f"{' ...' if len(skipped) > 5 else ''}); add decodable audio files at least "
+            f"data.sample_len={settings.sample_len} samples long"
+        )
+    return usable, natsorted(skipped, key=lambda entry: entry["path"], alg=ns.PATH)
+
+
+def _save_splits(folder: Path, stream_path: Path, usable: list[dict], settings: DataSettings) -> dict:
+    """Contiguous file ranges -> contiguous row ranges -> folder/{train,val,test}; marks each file's split."""
+    counts = checked_split_counts(len(usable), settings.split)
+    everything = datasets.Dataset.from_file(str(stream_path))  # memory-mapped, rows in file order
+    splits, parts, first_file, first_row = {}, {}, 0, 0
+    for name, count in zip(SPLIT_NAMES, counts):
+        members = usable[first_file:first_file + count]
+        for entry in members:
+            entry["split"] = name
+        windows = sum(entry["windows"] for entry in members)
+        parts[name] = everything.select(range(first_row, first_row + windows))
+        splits[name] = {
+            "files": count, "windows": windows,
+            "seconds": round(windows * settings.sample_len / settings.sample_rate, 3),
+            "source_seconds": round(sum(entry["source_seconds"] for entry in members), 3),
+        }
+        first_file += count
+        first_row += windows
+    with _datasets_progress_bars_off():
+        datasets.DatasetDict(parts).save_to_disk(str(folder))
+    return splits
+
+
 def _batch(tokens: np.ndarray, file_index: int, clip_index: int, features: datasets.Features) -> pa.RecordBatch:
     count, sample_len = tokens.shape
     schema = features.arrow_schema
@@ -233,13 +247,13 @@ def _batch(tokens: np.ndarray, file_index: int, clip_index: int, features: datas
     return pa.RecordBatch.from_arrays(columns, schema=schema)
 
 
-class _quiet_datasets:
+@contextmanager
+def _datasets_progress_bars_off():
     """Silence datasets' own progress bars while saving (restored afterwards)."""
-
-    def __enter__(self):
-        self.was_enabled = datasets.is_progress_bar_enabled()
-        datasets.disable_progress_bars()
-
-    def __exit__(self, *exc):
-        if self.was_enabled:
+    was_enabled = datasets.is_progress_bar_enabled()
+    datasets.disable_progress_bars()
+    try:
+        yield
+    finally:
+        if was_enabled:
             datasets.enable_progress_bars()

@@ -56,11 +56,10 @@ def normalize_window(audio: torch.Tensor, normalization: str) -> torch.Tensor:
         raise ValueError(f"normalization={normalization!r} is not one of {NORMALIZATIONS}; set data.normalization=minmax")
     audio = audio.float()
     low = audio.amin(dim=-1, keepdim=True)
-    high = audio.amax(dim=-1, keepdim=True)
-    span = high - low
+    span = audio.amax(dim=-1, keepdim=True) - low
     flat = span < 1e-8
-    scaled = 2 * (audio - low) / torch.where(flat, torch.ones_like(span), span) - 1
-    return torch.where(flat, torch.zeros_like(scaled), scaled)
+    scaled = (audio - low).mul_(2 / torch.where(flat, torch.ones_like(span), span)).sub_(1)
+    return scaled.masked_fill_(flat, 0.0) if bool(flat.any()) else scaled
 
 
 def encode(audio: torch.Tensor, bits: int, quantization: str) -> torch.Tensor:

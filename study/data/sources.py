@@ -9,13 +9,14 @@ import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 
+import httpx2  # huggingface_hub's HTTP client; its errors are what a failed request raises
 import huggingface_hub
 from huggingface_hub import errors as hub_errors
 from natsort import natsorted, ns
 
 from study.data import DataError
 from study.data.audio_io import AUDIO_EXTENSIONS
-from study.data.cache import build_once, file_hash
+from study.data.cache import HASH_MEMO_NAME, build_once, file_hashes
 from study.data.settings import DataSettings
 from study.data.toy import toy_folder
 
@@ -78,13 +79,8 @@ def download_archive(settings: DataSettings, downloads: Path) -> Path:
     if target.is_file():
         return target
     log.info("downloading %s from dataset %s into %s", settings.filename, settings.repo_id, target.parent)
-    network_errors: tuple[type[BaseException], ...] = (hub_errors.HfHubHTTPError, hub_errors.LocalEntryNotFoundError,
-                                                       hub_errors.OfflineModeIsEnabled, OSError)
-    try:
-        import httpx2
-        network_errors += (httpx2.HTTPError,)
-    except ImportError:  # older huggingface_hub releases use requests / httpx instead
-        pass
+    network_errors = (hub_errors.HfHubHTTPError, hub_errors.LocalEntryNotFoundError, hub_errors.OfflineModeIsEnabled,
+                      httpx2.HTTPError, OSError)  # OSError: sockets, DNS, a full or read-only disk
     try:
         downloaded = huggingface_hub.hf_hub_download(
             repo_id=settings.repo_id, filename=settings.filename, repo_type="dataset", local_dir=target.parent,
@@ -94,9 +90,9 @@ def download_archive(settings: DataSettings, downloads: Path) -> Path:
     return Path(downloaded)
 
 
-def extract_archive(archive: Path) -> Path:
+def extract_archive(archive: Path, hash_memo: Path | None = None) -> Path:
     """The archive unpacked (once, atomically) into <archive folder>/extracted-<sha256[:12]>/."""
-    destination = archive.parent / f"extracted-{file_hash(archive)[:12]}"
+    destination = archive.parent / f"extracted-{file_hashes([archive], hash_memo)[0][:12]}"
 
     def unzip(temporary: Path) -> None:
         try:
@@ -131,7 +127,7 @@ def resolve_source(settings: DataSettings, paths_config, download: bool = True) 
                     f"run `study data prepare data={settings.name}` first"
                 )
             archive = download_archive(settings, downloads)
-        root = extract_archive(archive)
+        root = extract_archive(archive, cache_root / HASH_MEMO_NAME)
         description = f"hub dataset {settings.repo_id} file {settings.filename}"
     files, ignored = list_audio_files(root)
     if not files:

@@ -7,7 +7,7 @@ Music: each clip picks a major key, a tempo and a four-bar diatonic chord progre
 built from chord tones and scale steps repeats as an A A B A form (piano), or a walking bass,
 swung ride cymbal and syncopated piano chords repeat every bar (trio). A note is
   s(t) = sum_h a_h sin(2 pi f_h t) (0.7 e^(-t/tau_h) + 0.3 e^(-t/(4 tau_h))),
-  f_h = h f_0 sqrt(1 + B h^2) (piano string inharmonicity), a_h = h^-1.3, tau_h = tau_1 h^-0.8,
+  f_h = h f_0 sqrt(1 + B h^2) (piano string inharmonicity), a_h = h^-2, tau_h = tau_1 / h,
 with a 4 ms attack and an 80 ms release after the note's end; drums are decaying noise and sweeps.
 """
 

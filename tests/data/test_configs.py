@@ -1,0 +1,42 @@
+"""The data config group: identical keys in every file, official defaults, and composition via Hydra."""
+
+from pathlib import Path
+
+import pytest
+from omegaconf import OmegaConf
+
+from study.config import compose_config
+from study.data.settings import DataSettings
+
+DATA_DIR = Path(__file__).resolve().parents[2] / "experiments" / "data"
+NAMES = ("youtubemix", "bigband", "folder", "toy-piano", "toy-trio")
+OFFICIAL = {"sample_rate": 16000, "clip_seconds": 60, "split": [0.88, 0.06, 0.06], "sample_len": 131072,
+            "bits": 8, "quantization": "mu-law", "normalization": "minmax"}
+
+
+def test_every_data_config_has_the_same_keys_and_official_preprocessing():
+    assert sorted(p.stem for p in DATA_DIR.glob("*.yaml")) == sorted(NAMES)
+    configs = {name: OmegaConf.to_container(OmegaConf.load(DATA_DIR / f"{name}.yaml")) for name in NAMES}
+    keys = {name: list(config) for name, config in configs.items()}
+    assert all(k == keys["youtubemix"] for k in keys.values()), keys
+    assert set(keys["youtubemix"]) == set(DataSettings.__dataclass_fields__)
+    for name, config in configs.items():
+        assert config["name"] == name
+        assert {key: config[key] for key in OFFICIAL} == OFFICIAL, name
+        assert config["toy_clips"] >= 24 and config["toy_clip_seconds"] == 60
+
+
+def test_hub_configs_point_at_the_published_archives():
+    youtubemix = OmegaConf.load(DATA_DIR / "youtubemix.yaml")
+    bigband = OmegaConf.load(DATA_DIR / "bigband.yaml")
+    assert (youtubemix.source, youtubemix.repo_id, youtubemix.filename) == ("hub", "krandiash/youtubemix", "youtube_mix.zip")
+    assert (bigband.source, bigband.repo_id, bigband.filename) == ("hub", "galbezalel/youtube_bigband",
+                                                                   "youtube_bigband_mono.zip")
+    assert any("samplernn-pytorch/issues/47" in text for text in youtubemix.warnings)
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_root_config_composes_with_each_data_choice(name):
+    config = compose_config([f"data={name}", "data.sample_rate=8000"])
+    assert config.data.name == name and config.data.sample_rate == 8000
+    assert {"data_cache", "downloads"} <= set(config.paths)
