@@ -19,7 +19,8 @@ def test_every_data_config_has_the_same_keys_and_official_preprocessing():
     configs = {name: OmegaConf.to_container(OmegaConf.load(DATA_DIR / f"{name}.yaml")) for name in NAMES}
     keys = {name: list(config) for name, config in configs.items()}
     assert all(k == keys["youtubemix"] for k in keys.values()), keys
-    assert set(keys["youtubemix"]) == set(DataSettings.__dataclass_fields__)
+    # stand_in / use_stand_in are read by study.experiment.data_config_in_use (smoke scale)
+    assert set(keys["youtubemix"]) == set(DataSettings.__dataclass_fields__) | {"stand_in", "use_stand_in"}
     for name, config in configs.items():
         assert config["name"] == name
         assert {key: config[key] for key in OFFICIAL} == OFFICIAL, name
