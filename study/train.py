@@ -331,6 +331,11 @@ class Run:
         self._prepare_data()
         self._build_model()
         resumed = self._resume()
+        if resumed:
+            resumes = record.get("resumes", []) + [{"step": self.progress.step, "epoch": self.progress.epoch,
+                                                    "batch_in_epoch": self.progress.batch_in_epoch,
+                                                    "time": time.time()}]
+            record = update_record(self.run_dir, resumes=resumes)
         config = self.experiment.config
         update_record(
             self.run_dir, status="running", name=str(config.name), signature=self.experiment.signature,

@@ -1,0 +1,357 @@
+"""`study run STUDY [overrides]`: a study (experiments/study/STUDY.yaml) as Ray Tune trials, one per
+variation x seed, each a `study train` run in runs/<study>/<signature>/; rerunning resumes it.
+
+It never launches what cannot run (a GPU trial on a cluster without GPUs, a config that does not
+compose) and never mixes a study folder with another definition of the study.
+"""
+
+import hashlib
+import json
+import logging
+import os
+import shutil
+import sys
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pandas as pd
+import yaml
+
+# Ray's snapshot warnings add noise, not information. Set before Ray is imported.
+os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
+os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
+from omegaconf import OmegaConf
+
+from study.config import CONFIG_DIR, ConfigError, compose_config
+from study.experiment import Experiment, load_experiment
+from study.run_record import read_record, write_json_atomic
+
+log = logging.getLogger(__name__)
+STUDY_DIR = CONFIG_DIR / "study"
+STUDY_KEYS = {"description", "base", "variations", "seeds", "metric", "mode", "keep_window_seconds"}
+METRICS = [f"final/{split}/{name}" for split in ("val", "test")
+           for name in ("loss", "bpb", "accuracy", "accuracy@3", "accuracy@5", "accuracy@10")]
+
+
+class StudyError(ValueError):
+    """A study that cannot run as asked; the message names the cause and the fix."""
+
+
+@dataclass
+class Study:
+    name: str
+    path: Path
+    description: str
+    base: list[str]
+    variations: list[list[str]]
+    seeds: list[int]
+    metric: str = "final/val/bpb"
+    mode: str = "min"
+    keep_window_seconds: bool = False
+
+
+@dataclass
+class Trial:
+    label: str                      # e.g. "model.dropout=0.1,seed=0"
+    variation: list[str]
+    seed: int
+    overrides: list[str]            # everything `study train` needs to rebuild this trial
+    experiment: Experiment = field(repr=False)
+
+
+def available_studies() -> list[str]:
+    return sorted(p.stem for p in STUDY_DIR.glob("*.yaml"))
+
+
+def load_study(name: str) -> Study:
+    path = STUDY_DIR / f"{name}.yaml"
+    if not path.is_file():
+        raise StudyError(f"unknown study {name!r}; available: {', '.join(available_studies())} "
+                         f"(add one as {STUDY_DIR}/<name>.yaml)")
+    content = yaml.safe_load(path.read_text()) or {}
+    unknown = sorted(set(content) - STUDY_KEYS)
+    if unknown:
+        raise StudyError(f"{path}: unknown key {unknown[0]!r}; a study file has {sorted(STUDY_KEYS)}")
+    for key in ("base", "variations"):
+        if key not in content:
+            raise StudyError(f"{path}: missing key {key!r}")
+    variations = content["variations"]
+    if not isinstance(variations, list) or not all(isinstance(v, list) for v in variations):
+        raise StudyError(f"{path}: 'variations' must be a list of override lists, e.g. [[model.dropout=0.1]]")
+    return Study(name=name, path=path, description=str(content.get("description", "")),
+                 base=[str(o) for o in content["base"]], variations=[[str(o) for o in v] for v in variations],
+                 seeds=[int(s) for s in content.get("seeds", [0])], metric=str(content.get("metric", "final/val/bpb")),
+                 mode=str(content.get("mode", "min")), keep_window_seconds=bool(content.get("keep_window_seconds")))
+
+
+def split_overrides(overrides: list[str]) -> tuple[list[str], list[str]]:
+    """(trial overrides, harness overrides): `ray.*` keys configure scheduling, not runs."""
+    harness = [o for o in overrides if o.startswith("ray.")]
+    return [o for o in overrides if not o.startswith("ray.")], harness
+
+
+def absolute_paths(overrides: list[str]) -> list[str]:
+    """Pin paths.* to absolute folders: Ray runs trials in their own working directories."""
+    config = compose_config(overrides)
+    pinned = []
+    for key in ("runs", "data_cache", "downloads"):
+        value = str(config.paths[key])
+        if "://" not in value:
+            value = str(Path(value).expanduser().resolve())
+        pinned.append(f"paths.{key}={value}")
+    return overrides + pinned
+
+
+def window_for_rate(overrides: list[str], variation: list[str]) -> list[str]:
+    """keep_window_seconds: data.sample_len scaled by the variation's rate / the base rate, rounded
+    to a multiple of the model's total pooling."""
+    base = compose_config(overrides)
+    varied = compose_config(overrides + variation)
+    pool = 1
+    for stride in varied.model.pool:
+        pool *= int(stride)
+    samples = round(base.data.sample_len * varied.data.sample_rate / base.data.sample_rate / pool) * pool
+    return [f"data.sample_len={samples}"]
+
+
+def resolve_study_references(overrides: list[str], runs_root: Path) -> list[str]:
+    """train.init_from=study:NAME -> the best finished trial's best.pt of study NAME."""
+    resolved = []
+    for override in overrides:
+        key, _, value = override.partition("=")
+        if key == "train.init_from" and value.startswith("study:"):
+            source = value.removeprefix("study:")
+            results = runs_root / source / "results.parquet"
+            if not results.is_file():
+                raise StudyError(f"{override}: study {source!r} has no results under {runs_root / source}; "
+                                 f"run `study run {source}` with the same scale first")
+            table = pd.read_parquet(results)
+            finished = table[(table.status == "finished") & table.checkpoint.notna()]
+            if finished.empty:
+                raise StudyError(f"{override}: study {source!r} has no finished trial with a checkpoint")
+            best = finished.sort_values("final/val/bpb").iloc[0]
+            override = f"train.init_from={best.checkpoint}"
+        resolved.append(override)
+    return resolved
+
+
+def plan_trials(study: Study, user_overrides: list[str]) -> list[Trial]:
+    """Every trial's overrides, each composed and validated now so nothing fails after launch."""
+    common = absolute_paths(study.base + user_overrides)
+    runs_root = Path(str(compose_config(common).paths.runs))
+    trials = []
+    for variation in study.variations:
+        extra = window_for_rate(common, variation) if study.keep_window_seconds else []
+        for seed in study.seeds:
+            overrides = resolve_study_references(
+                common + variation + extra + [f"seed={seed}", f"run_group={study.name}",
+                                              f"tracking.group={study.name}"], runs_root)
+            label = ",".join(variation + extra + [f"seed={seed}"])
+            try:
+                experiment = load_experiment(overrides)
+            except ConfigError as error:
+                raise StudyError(f"{study.path}: variation {variation} does not compose: {error}") from error
+            trials.append(Trial(label=label, variation=variation + extra, seed=seed, overrides=overrides,
+                                experiment=experiment))
+    return trials
+
+
+def study_definition_hash(study: Study, user_overrides: list[str]) -> str:
+    definition = {"file": study.path.read_text(), "overrides": sorted(user_overrides)}
+    return hashlib.sha256(json.dumps(definition, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def claim_study_folder(folder: Path, study: Study, user_overrides: list[str]) -> None:
+    """Write (or check) folder/study.json so two definitions of a study never share a folder."""
+    marker = folder / "study.json"
+    digest = study_definition_hash(study, user_overrides)
+    if marker.is_file():
+        existing = json.loads(marker.read_text())
+        if existing["definition_hash"] != digest:
+            raise StudyError(
+                f"{folder} holds study {study.name!r} run with another definition (overrides "
+                f"{existing['overrides']}, file hash differs or overrides differ); use another paths.runs=..., "
+                f"or move {folder} away to start over")
+        return
+    write_json_atomic(marker, {"study": study.name, "definition_hash": digest, "overrides": user_overrides,
+                               "file": str(study.path), "created": time.time()})
+
+
+# -- Ray --------------------------------------------------------------------------------------------
+def connect_ray(address: str | None):
+    import ray
+    if ray.is_initialized():
+        return ray
+    if address:
+        ray.init(address=address, log_to_driver=False)
+    else:
+        ray.init(num_cpus=os.cpu_count(), include_dashboard=False, log_to_driver=False)
+    return ray
+
+
+def check_resources(ray_module, gpus: float, cpus: float) -> None:
+    """Ray waits forever for resources a cluster lacks: refuse at once instead."""
+    available = ray_module.cluster_resources()
+    if gpus > 0 and available.get("GPU", 0) < gpus:
+        raise StudyError(
+            f"each trial asks for {gpus:g} GPU but the Ray cluster has {available.get('GPU', 0):g}; "
+            "run on a GPU machine or cluster (ray.address=...), or use scale=smoke (CPU), "
+            "or set ray.gpus_per_trial=0 to train at full scale on CPU (very slow)")
+    if available.get("CPU", 0) < cpus:
+        raise StudyError(f"each trial asks for {cpus:g} CPUs but the cluster has {available.get('CPU', 0):g}; "
+                         f"set ray.cpus_per_trial={int(available.get('CPU', 1))}")
+
+
+def trial_main(config: dict) -> None:
+    """The Ray Tune trainable: one training run, reporting each epoch with a checkpoint."""
+    config = config["trial"]
+    import numba
+    import torch
+    from ray import tune
+    from ray.tune import Checkpoint
+
+    from study.train import Run
+
+    cpus = max(1, int(config["cpus"]))
+    torch.set_num_threads(cpus)
+    numba.set_num_threads(min(cpus, numba.config.NUMBA_NUM_THREADS))
+    experiment = load_experiment(config["overrides"])
+    last = experiment.run_dir / "checkpoints" / "last.pt"
+    restored = tune.get_checkpoint()
+    if restored is not None and not last.exists():  # e.g. a node without the shared runs folder
+        with restored.as_directory() as directory:
+            if (Path(directory) / "last.pt").exists():
+                last.parent.mkdir(parents=True, exist_ok=True)
+                shutil.copy2(Path(directory) / "last.pt", last)
+
+    def report(metrics: dict, run: Run) -> None:
+        with tempfile.TemporaryDirectory() as directory:
+            shutil.copy2(run.checkpoint_dir / "last.pt", Path(directory) / "last.pt")
+            tune.report(ray_safe(metrics), checkpoint=Checkpoint.from_directory(directory))
+
+    record = Run(experiment, reporter=report, command="study train " + " ".join(config["overrides"])).execute()
+    tune.report({**ray_safe(record.get("final_metrics", {})), "done": True})
+
+
+def ray_safe(metrics: dict) -> dict:
+    """Numbers only, with names TensorBoard accepts ('accuracy@3' -> 'accuracy_at_3')."""
+    return {k.replace("@", "_at_"): v for k, v in metrics.items() if isinstance(v, (int, float))}
+
+
+def result_row(study: Study, trial: Trial, error: str | None = None) -> dict:
+    record = read_record(trial.experiment.run_dir)
+    status = record.get("status", "pending")
+    if error and status != "finished":
+        status = "failed"
+    config = trial.experiment.config
+    row = {"study": study.name, "trial": trial.label, "signature": trial.experiment.signature, "seed": trial.seed,
+           "status": status, "error": error or record.get("error"), "wall_seconds": record.get("wall_seconds"),
+           "parameters": record.get("parameters"), "run_dir": str(trial.experiment.run_dir),
+           "checkpoint": (str(trial.experiment.run_dir / "checkpoints" / "best.pt")
+                          if (trial.experiment.run_dir / "checkpoints" / "best.pt").exists() else None),
+           "experiment": str(config.name), "data": str(trial.experiment.data.name),
+           "scale": str(config.get("scale_name", "full"))}
+    for override in trial.variation:
+        key, _, chosen = override.partition("=")
+        if "." not in key:  # a config group choice, e.g. experiment=bigband-sashimi-2
+            row[key] = chosen
+            continue
+        value = OmegaConf.select(config, key)
+        row[key] = value if not OmegaConf.is_config(value) else str(value)
+    final = record.get("final_metrics", {})
+    row.update({metric: final.get(metric) for metric in METRICS})
+    return row
+
+
+def write_results(folder: Path, study: Study, trials: list[Trial], errors: dict[str, str]) -> pd.DataFrame:
+    table = pd.DataFrame([result_row(study, trial, errors.get(trial.label)) for trial in trials])
+    temporary = folder / ".results.parquet.tmp"
+    table.to_parquet(temporary, index=False)
+    os.replace(temporary, folder / "results.parquet")
+    return table
+
+
+def run_study(name: str, overrides: list[str]) -> pd.DataFrame:
+    study = load_study(name)
+    trial_overrides, harness_overrides = split_overrides(overrides)
+    config = compose_config(study.base + trial_overrides + harness_overrides)
+    ray_settings = config.ray
+    trials = plan_trials(study, trial_overrides)
+    folder = Path(str(trials[0].experiment.config.paths.runs)) / study.name
+    claim_study_folder(folder, study, trial_overrides)
+    pending = [t for t in trials if read_record(t.experiment.run_dir).get("status") != "finished"]
+    print(f"study {study.name}: {len(trials)} trials ({len(trials) - len(pending)} already finished), "
+          f"folder {folder}")
+    errors: dict[str, str] = {}
+    if pending:
+        errors = launch(study, pending, ray_settings, folder)
+    table = write_results(folder, study, trials, errors)
+    print_summary(study, table, folder)
+    return table
+
+
+def prepare_data(trials: list[Trial]) -> None:
+    """Prepare each distinct dataset once in the driver, so trials only read the cache (and so a
+    missing download or token fails now, with its message, not inside every trial)."""
+    from study.data.prepare import prepare
+    seen = set()
+    for trial in trials:
+        key = json.dumps(OmegaConf.to_container(trial.experiment.data, resolve=True), sort_keys=True)
+        if key not in seen:
+            seen.add(key)
+            prepare(trial.experiment.data, trial.experiment.config.paths, progress=True)
+
+
+def launch(study: Study, trials: list[Trial], ray_settings, folder: Path) -> dict[str, str]:
+    from ray import tune
+
+    gpus, cpus = float(ray_settings.gpus_per_trial), float(ray_settings.cpus_per_trial)
+    ray_module = connect_ray(ray_settings.address)
+    check_resources(ray_module, gpus, cpus)
+    prepare_data(trials)
+    storage = str(ray_settings.storage) if ray_settings.storage else str((folder / "ray").resolve())
+    specs = [{"label": t.label, "overrides": t.overrides, "cpus": cpus} for t in trials]
+    tuner = tune.Tuner(
+        tune.with_resources(trial_main, {"cpu": cpus, "gpu": gpus}),
+        param_space={"trial": tune.grid_search(specs)},
+        tune_config=tune.TuneConfig(max_concurrent_trials=ray_settings.max_concurrent_trials),
+        run_config=tune.RunConfig(
+            name=f"{study.name}-{time.strftime('%Y%m%d-%H%M%S')}", storage_path=storage, verbose=0,
+            failure_config=tune.FailureConfig(max_failures=int(ray_settings.max_failures)),
+            checkpoint_config=tune.CheckpointConfig(num_to_keep=1)),
+    )
+    print(f"launching {len(trials)} trials on Ray ({gpus:g} GPU, {cpus:g} CPU each); Ctrl-C stops, "
+          "the same command resumes", flush=True)
+    results = tuner.fit()
+    errors = {}
+    for result in results:
+        if result.error is not None:
+            lines = str(result.error).strip().splitlines() or [""]
+            errors[result.config["trial"]["label"]] = f"{type(result.error).__name__}: {lines[-1][:500]}"
+    return errors
+
+
+def print_summary(study: Study, table: pd.DataFrame, folder: Path) -> None:
+    columns = ["trial", "status", "final/val/bpb", "final/test/bpb", "final/test/accuracy", "wall_seconds"]
+    shown = table[[c for c in columns if c in table]]
+    with pd.option_context("display.width", 160, "display.max_columns", 20, "display.float_format", "{:.4f}".format):
+        print(shown.to_string(index=False))
+    print(f"results: {folder / 'results.parquet'}\nrun folders: {folder}/<signature>/ (run.json, checkpoints/)")
+
+
+def main(argv: list[str]) -> int:
+    from study.data import DataError
+    if not argv or argv[0].startswith("-"):
+        print(f"usage: study run STUDY [overrides]\nstudies: {', '.join(available_studies())}", file=sys.stderr)
+        return 2
+    try:
+        table = run_study(argv[0], argv[1:])
+    except (StudyError, ConfigError, DataError) as error:
+        print(f"study run: {error}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("study run: interrupted; run the same command again to resume", file=sys.stderr)
+        return 130
+    return 0 if (table.status == "finished").all() else 1

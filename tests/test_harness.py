@@ -1,0 +1,143 @@
+"""The study harness on a real local Ray: smoke studies end to end, resume after the driver is
+killed, a multi-node cluster, and refusals before launch."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+import study.harness as harness
+from study.harness import StudyError, run_study
+
+REPO = Path(__file__).resolve().parent.parent
+TINY = ["scale=smoke", "model.d_model=8", "model.d_state=8", "data.sample_len=512", "data.toy_clips=24",
+        "data.toy_clip_seconds=1", "data.clip_seconds=1", "train.max_epochs=1", "train.max_steps_per_epoch=3",
+        "train.max_eval_windows=1", "tracking.wandb=disabled", "ray.max_failures=0"]
+
+
+@pytest.fixture(scope="module")
+def ray_local():
+    import ray
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+    yield ray
+    ray.shutdown()
+
+
+def paths(tmp_path, cache):
+    return [f"paths.runs={tmp_path / 'runs'}", f"paths.data_cache={cache}", f"paths.downloads={cache / 'dl'}"]
+
+
+@pytest.fixture(scope="module")
+def cache(tmp_path_factory):
+    return tmp_path_factory.mktemp("cache")
+
+
+@pytest.mark.slow
+def test_replicate_and_ablation_smoke_studies_end_to_end(ray_local, tmp_path, cache):
+    table = run_study("replicate", TINY + paths(tmp_path, cache))
+    assert list(table.status) == ["finished"]
+    ablation = run_study("ablation", TINY + paths(tmp_path, cache))
+    on_disk = pd.read_parquet(tmp_path / "runs" / "ablation" / "results.parquet")
+    assert list(on_disk.experiment) == ["bigband-sashimi-8", "bigband-sashimi-2"]
+    assert list(on_disk["experiment"]) == list(ablation["experiment"])
+    assert (on_disk.status == "finished").all() and (on_disk.data == "toy-trio").all()
+    assert on_disk.parameters.iloc[0] > on_disk.parameters.iloc[1]
+    for column in harness.METRICS + ["signature", "seed", "wall_seconds", "checkpoint", "run_dir", "trial"]:
+        assert column in on_disk and on_disk[column].notna().all(), column
+    for row in on_disk.itertuples():
+        record = json.loads((Path(row.run_dir) / "run.json").read_text())
+        assert record["signature"] == row.signature and Path(row.checkpoint).is_file()
+        assert record["config"]["run_group"] == "ablation" and record["config"]["tracking"]["group"] == "ablation"
+    # a second run finds every trial finished and launches nothing
+    again = run_study("ablation", TINY + paths(tmp_path, cache))
+    assert list(again.signature) == list(on_disk.signature)
+
+
+def test_gpu_trial_without_gpu_fails_fast(ray_local, tmp_path, cache):
+    started = time.time()
+    with pytest.raises(StudyError, match="asks for 1 GPU but the Ray cluster has 0"):
+        run_study("replicate", TINY + paths(tmp_path, cache) + ["ray.gpus_per_trial=1"])
+    assert time.time() - started < 60
+
+
+def test_unknown_study_lists_the_available_ones():
+    with pytest.raises(StudyError, match="unknown study 'nope'; available: ablation, grid-dropout"):
+        run_study("nope", [])
+
+
+def test_bad_study_files_name_the_file_and_key(tmp_path, monkeypatch):
+    monkeypatch.setattr(harness, "STUDY_DIR", tmp_path)
+    (tmp_path / "typo.yaml").write_text("base: []\nvariations: [[]]\nseeds: [0]\nmetrc: x\n")
+    with pytest.raises(StudyError, match=r"typo.yaml: unknown key 'metrc'"):
+        run_study("typo", [])
+    (tmp_path / "broken.yaml").write_text("base: []\nvariations: [[model.no_such_key=1]]\n")
+    with pytest.raises(StudyError, match=r"broken.yaml: variation \['model.no_such_key=1'\] does not compose"):
+        run_study("broken", TINY)
+
+
+def test_a_study_folder_is_not_mixed_with_another_definition(tmp_path, cache):
+    study = harness.load_study("grid-lr")
+    folder = tmp_path / "runs" / "grid-lr"
+    harness.claim_study_folder(folder, study, TINY)
+    harness.claim_study_folder(folder, study, TINY)  # same definition: fine
+    with pytest.raises(StudyError, match="another definition"):
+        harness.claim_study_folder(folder, study, TINY + ["model.dropout=0.2"])
+
+
+def test_sample_rate_grid_keeps_the_window_duration(tmp_path, cache):
+    trials = harness.plan_trials(harness.load_study("grid-sample-rate"), TINY + paths(tmp_path, cache))
+    lengths = {t.experiment.data.sample_rate: t.experiment.data.sample_len for t in trials}
+    assert lengths == {8000: 256, 16000: 512, 24000: 768}
+
+
+@pytest.mark.slow
+def test_killed_driver_resumes_the_study(tmp_path, cache):
+    arguments = TINY + paths(tmp_path, cache) + ["train.max_steps_per_epoch=40", "train.checkpoint_every_steps=2",
+                                                 "ray.max_concurrent_trials=1"]
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    command = [sys.executable, "-m", "study.cli", "run", "ablation", *arguments]
+    driver = subprocess.Popen(command, cwd=REPO, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                              start_new_session=True)
+    trials = harness.plan_trials(harness.load_study("ablation"), [a for a in arguments if not a.startswith("ray.")])
+    records = [t.experiment.run_dir / "run.json" for t in trials]
+    deadline, interrupted = time.time() + 400, None
+    while time.time() < deadline and interrupted is None:
+        states = [json.loads(r.read_text()) if r.exists() else {} for r in records]
+        finished = [s for s in states if s.get("status") == "finished"]
+        for trial, state in zip(trials, states):
+            last = trial.experiment.run_dir / "checkpoints" / "last.pt"
+            if finished and state.get("status") == "running" and last.exists():
+                interrupted = trial
+        time.sleep(0.2)
+    assert interrupted is not None, "the study never reached one finished and one running trial"
+    os.killpg(driver.pid, signal.SIGKILL)
+    driver.wait()
+    finished_trial = next(t for t in trials if t is not interrupted)
+    finished_at = json.loads((finished_trial.experiment.run_dir / "run.json").read_text())["finished"]
+    assert subprocess.run(command, cwd=REPO, env=env, capture_output=True, timeout=600).returncode == 0
+    assert json.loads((finished_trial.experiment.run_dir / "run.json").read_text())["finished"] == finished_at
+    resumed = json.loads((interrupted.experiment.run_dir / "run.json").read_text())
+    assert resumed["status"] == "finished" and resumed["resumes"] and resumed["resumes"][0]["step"] > 0
+
+
+@pytest.mark.slow
+def test_study_runs_on_a_multi_node_cluster(tmp_path, cache):
+    import ray
+    from ray.cluster_utils import Cluster
+    if ray.is_initialized():
+        ray.shutdown()
+    cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 1})
+    cluster.add_node(num_cpus=1)
+    try:
+        table = run_study("ablation", TINY + paths(tmp_path, cache) + [f"ray.address={cluster.address}"])
+        assert (table.status == "finished").all()
+        assert len([n for n in ray.nodes() if n["Alive"]]) == 2
+    finally:
+        ray.shutdown()
+        cluster.shutdown()
