@@ -14,16 +14,24 @@ PRESETS = ("sashimi-2", "sashimi-8")
 LENGTHS = (16384, 131072)
 
 
-def measure_one(preset: str, length: int, device: str, backend: str) -> dict:
+def measure_one(preset: str, length: int, device: str, backend: str, optimizer_step: bool = False,
+                precision: str = "fp32", overrides: dict | None = None) -> dict:
+    """Seconds per forward+backward (and AdamW step with optimizer_step) of one batch-1 window."""
     torch.manual_seed(0)
     device = torch.device(device)
-    model = build_model(preset, l_max=length, kernel_backend=backend).to(device)
-    tokens = torch.randint(0, 256, (1, length), device=device)
+    model = build_model(preset, l_max=length, kernel_backend=backend, **(overrides or {})).to(device)
+    tokens = torch.randint(0, model.config.n_classes, (1, length), device=device)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4) if optimizer_step else None
+    autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=precision == "bf16")
 
     def train_step():
         model.zero_grad(set_to_none=True)
-        logits = model(tokens)
-        torch.nn.functional.cross_entropy(logits.reshape(-1, logits.shape[-1]), tokens.reshape(-1)).backward()
+        with autocast:
+            logits = model(tokens)
+        loss = torch.nn.functional.cross_entropy(logits.float().reshape(-1, logits.shape[-1]), tokens.reshape(-1))
+        loss.backward()
+        if optimizer is not None:
+            optimizer.step()
 
     measurement = time_call(train_step, device, repeats=2, warmup=1)
     return {"preset": preset, "length": length, "device": str(device), "seconds": measurement.seconds,
