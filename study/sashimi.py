@@ -9,6 +9,7 @@ from dataclasses import asdict, dataclass, field, fields
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+import torch.utils.checkpoint
 
 from study.s4 import ChannelLinear, S4Block, S4LayerSettings, mark_optim
 
@@ -34,7 +35,8 @@ class ModelConfig:
     dt_transform: str = "softplus"
     ssm_lr: float = 0.001         # learning rate of dt, A, B, P (no weight decay)
     final_act: str = "glu"        # glu | id (id: the paper-era parameter counts)
-    kernel_backend: str = "auto"  # auto | torch | triton
+    kernel_backend: str = "auto"  # auto | torch | numba | triton
+    checkpoint_blocks: bool = False  # recompute each residual block in backward: less memory, ~1/3 more time
 
     @property
     def total_pool(self) -> int:
@@ -241,6 +243,12 @@ class SaShiMiBackbone(nn.Module):
         self.final_norm = nn.LayerNorm(config.d_model)
         for parameter in self.final_norm.parameters():
             mark_optim(parameter, weight_decay=0.0)
+        self.checkpoint_blocks = config.checkpoint_blocks
+
+    def _block(self, block: nn.Module, x: torch.Tensor) -> torch.Tensor:
+        if self.checkpoint_blocks and torch.is_grad_enabled():
+            return torch.utils.checkpoint.checkpoint(block, x, use_reentrant=False)
+        return block(x)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """(B, H, L) -> (B, L, H)."""
@@ -249,13 +257,13 @@ class SaShiMiBackbone(nn.Module):
             x = pool(x)
             skips.append(x)
         for block in self.centre:
-            x = block(x)
+            x = self._block(block, x)
         x = x + skips.pop()
         for up_stage in self.up_stages:
             x = up_stage[0](x) + skips.pop()
             skips.append(x)
             for block in up_stage[1:]:
-                x = block(x)
+                x = self._block(block, x)
             x = x + skips.pop()
         return self.final_norm(x.transpose(1, 2))
 

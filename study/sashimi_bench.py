@@ -45,17 +45,19 @@ def main(argv: list[str]) -> int:
     parser.add_argument("--backend", default="auto", help="model.kernel_backend: auto|torch|numba|triton")
     parser.add_argument("--lengths", type=int, nargs="+", default=list(LENGTHS))
     parser.add_argument("--presets", nargs="+", default=list(PRESETS))
+    parser.add_argument("--checkpoint-blocks", action="store_true", help="model.checkpoint_blocks=true")
     parser.add_argument("--one", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.one:
         print(json.dumps(measure_one(**json.loads(args.one))))
         return 0
+    overrides = {"checkpoint_blocks": True} if args.checkpoint_blocks else {}
     print(f"forward+backward, batch 1, fp32, device {args.device}, kernel backend {args.backend}, "
-          f"{torch.get_num_threads()} threads")
+          f"{torch.get_num_threads()} threads, block checkpointing {'on' if overrides else 'off'}")
     print(f"{'preset':<10} {'L':>7} {'seconds':>9} {'tokens/s':>10} {'peak GiB':>9}  memory")
     for preset in args.presets:
         for length in args.lengths:
-            result = run_isolated("study.sashimi_bench", {"preset": preset, "length": length,
+            result = run_isolated("study.sashimi_bench", {"preset": preset, "length": length, "overrides": overrides,
                                                           "device": args.device, "backend": args.backend})
             if "error" in result:
                 print(f"{preset:<10} {length:>7} failed: {result['error']}")

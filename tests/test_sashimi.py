@@ -106,3 +106,16 @@ def test_step_matches_forward_for_model_variants(overrides):
     model = small_model(**overrides)
     perturb_(model)
     assert_step_matches_forward(model, 256, batch_size=2)
+
+
+def test_block_checkpointing_gives_the_same_gradients():
+    tokens = torch.randint(0, 256, (1, 256))
+    gradients = []
+    for checkpoint_blocks in (False, True):
+        torch.manual_seed(5)
+        model = small_model(checkpoint_blocks=checkpoint_blocks, dropout=0.1).train()
+        torch.manual_seed(6)
+        torch.nn.functional.cross_entropy(model(tokens).reshape(-1, 256), tokens.reshape(-1)).backward()
+        gradients.append({n: p.grad.clone() for n, p in model.named_parameters()})
+    for name, grad in gradients[0].items():
+        assert torch.allclose(grad, gradients[1][name], atol=1e-6), name
