@@ -50,25 +50,24 @@ def log_uniform_dt(channels: int, dt_min: float, dt_max: float) -> torch.Tensor:
     return torch.exp(log_dt)
 
 
-def dense_dplr_state_matrix(lam: torch.Tensor, P: torch.Tensor) -> torch.Tensor:
-    """Full (2N x 2N) continuous A = diag([lam, conj lam]) - sum_r p_r p_r^H, p_r = [P_r, conj P_r].
+def dplr_bilinear_dense(dt: torch.Tensor, lam: torch.Tensor, P: torch.Tensor,
+                        B: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Bilinear discretisation of the full rank-1 DPLR system, without a dense solve:
 
-    lam: (H, N/2), P: (R, H, N/2) -> (H, 2N/2, 2N/2).
+      A_bar = (I - dt/2 A)^-1 (I + dt/2 A) = M (diag(E) - p q^T),   B_bar = (I - dt/2 A)^-1 dt B = 2 M b
+      M = diag(D) - D p q^T D / (1 + q^T D p),   D = 1 / (2/dt - lam),  E = 2/dt + lam,
+    with A = diag(lam) - p q^T in the full space (lam, p, b conjugate-paired, q = conj p).
+    dt: (H, 1), lam: (H, N/2), P: (1, H, N/2), B: (H, N/2) -> A_bar (H, N, N), B_bar (H, N).
     """
-    p = conj_pairs(P)  # (R, H, N)
-    return torch.diag_embed(conj_pairs(lam)) - torch.einsum("rhn,rhm->hnm", p, p.conj())
-
-
-def bilinear_dense(dt: torch.Tensor, A: torch.Tensor, B: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Bilinear discretisation: A_bar = (I - dt/2 A)^-1 (I + dt/2 A), B_bar = (I - dt/2 A)^-1 dt B.
-
-    dt: (H, 1), A: (H, N, N), B: (H, N).
-    """
-    identity = torch.eye(A.shape[-1], dtype=A.dtype, device=A.device)
-    backward = identity - dt[..., None] / 2 * A
-    forward = identity + dt[..., None] / 2 * A
-    A_bar = torch.linalg.solve(backward, forward)
-    B_bar = torch.linalg.solve(backward, (dt * B).unsqueeze(-1)).squeeze(-1)
+    lam_full, p, b = conj_pairs(lam), conj_pairs(P[0]), conj_pairs(B)
+    q = p.conj()
+    D, E = 1 / (2 / dt - lam_full), 2 / dt + lam_full
+    DX = D.unsqueeze(-1) * (torch.diag_embed(E) - p.unsqueeze(-1) * q.unsqueeze(-2))   # D (diag(E) - p q^T)
+    Dp = D * p
+    denominator = 1 + (q * Dp).sum(-1, keepdim=True)                                   # (H, 1)
+    A_bar = DX - Dp.unsqueeze(-1) * torch.einsum("hn,hnm->hm", q, DX).unsqueeze(-2) / denominator.unsqueeze(-1)
+    Db = D * b
+    B_bar = 2 * (Db - Dp * (q * Db).sum(-1, keepdim=True) / denominator)
     return A_bar, B_bar
 
 
@@ -160,20 +159,20 @@ class DPLRKernel(nn.Module):
 
     @torch.no_grad()
     def dense_discrete(self, dtype=torch.complex128):
-        """A_bar (H, N, N), B_bar (H, N) of the full (conjugate-paired) system, for the oracle and step."""
+        """A_bar (H, N, N), B_bar (H, N) of the full (conjugate-paired) system."""
         dt, lam, P, B, _ = self.continuous_parameters()
-        A = dense_dplr_state_matrix(lam.to(dtype), P.to(dtype))
-        return bilinear_dense(dt.to(torch.float64 if dtype == torch.complex128 else torch.float32), A,
-                              conj_pairs(B.to(dtype)))
+        real = torch.float64 if dtype == torch.complex128 else torch.float32
+        return dplr_bilinear_dense(dt.to(real), lam.to(dtype), P.to(dtype), B.to(dtype))
 
     @torch.no_grad()
     def _c_tilde_from_c(self, C: torch.Tensor) -> torch.Tensor:
-        """C~ = first half of (I - A_bar^L0)^T [C, conj C]: the official init of C at length L0."""
-        A_bar, _ = self.dense_discrete()
+        """C~ = first half of (I - A_bar^L0)^T [C, conj C]: the official init of C at length L0
+        (in complex64, as the official code computes it)."""
+        A_bar, _ = self.dense_discrete(dtype=torch.complex64)
         power = matrix_power(A_bar, self.reference_length)
-        full = conj_pairs(C.to(torch.complex128))
+        full = conj_pairs(C)
         tilde = full - torch.einsum("hmn,hm->hn", power, full)
-        return tilde[..., : self.half_state].to(torch.complex64)
+        return tilde[..., : self.half_state]
 
     @torch.no_grad()
     def c_true(self) -> torch.Tensor:
@@ -191,8 +190,8 @@ class DPLRKernel(nn.Module):
         kernel_length = self.reference_length
         if length <= kernel_length:
             return C, kernel_length
-        A = dense_dplr_state_matrix(lam.to(torch.complex128), P.to(torch.complex128))
-        A_bar, _ = bilinear_dense(dt.double(), A, conj_pairs(B.to(torch.complex128)))
+        A_bar, _ = dplr_bilinear_dense(dt.double(), lam.to(torch.complex128), P.to(torch.complex128),
+                                       B.to(torch.complex128))
         full = conj_pairs(C.to(torch.complex128))
         while kernel_length < length:
             full = full + torch.einsum("hmn,hm->hn", matrix_power(A_bar, kernel_length), full)
@@ -294,12 +293,6 @@ class DiagonalKernel(nn.Module):
     def forward(self, length: int) -> torch.Tensor:
         dtA, B_bar, C = self.discrete()
         return vandermonde_conj(C * B_bar, dtA, length, backend=self.backend)
-
-    @torch.no_grad()
-    def dense_discrete(self, dtype=torch.complex128):
-        """A_bar (H, N, N) diagonal, B_bar (H, N) of the full system (for the oracle)."""
-        dtA, B_bar, _ = self.discrete()
-        return torch.diag_embed(conj_pairs(torch.exp(dtA).to(dtype))), conj_pairs(B_bar.to(dtype))
 
     @torch.no_grad()
     def step_parameters(self) -> dict[str, torch.Tensor]:

