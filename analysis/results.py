@@ -72,11 +72,11 @@ class Results:
 
     @property
     def histories(self) -> pd.DataFrame:
-        """Per-epoch metrics of every trial: study, trial, signature, seed, experiment, epoch, ..."""
+        """Per-epoch metrics of every trial: study, trial, signature, seed, experiment, status, epoch, ..."""
         frames = [study_history(study) for study in self.studies]
         frames = [frame for frame in frames if not frame.empty]
         return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(
-            columns=["study", "trial", "signature", "seed", "experiment", "epoch"])
+            columns=["study", "trial", "signature", "seed", "experiment", "status", "epoch"])
 
     def study(self, name: str) -> Study | None:
         return next((study for study in self.studies if study.name == name), None)
@@ -273,6 +273,7 @@ def study_history(study: Study) -> pd.DataFrame:
         frame.insert(2, "signature", row.signature)
         frame.insert(3, "seed", row.seed)
         frame.insert(4, "experiment", row.experiment)
+        frame.insert(5, "status", row.status)
         frames.append(frame)
     return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()
 
