@@ -175,14 +175,17 @@ def group_columns(results: Results, trials: pd.DataFrame) -> list[tuple[Column, 
 
 
 def _disambiguate(columns: list[Column]) -> None:
-    """Make labels unique: add the study, then the varied settings, then the scale where needed."""
+    """Make labels unique: add the study, then the varied settings, then the scale, each only where it
+    tells apart columns that would otherwise share a label."""
     for extra in (lambda c: f"[{c.study}]",
                   lambda c: ", ".join(f"{k}={v}" for k, v in c.settings.items()),
                   lambda c: f"{c.scale}"):
         labels = [column.label for column in columns]
-        for column in columns:
-            if labels.count(column.label) > 1 and extra(column):
-                column.label = f"{column.label} {extra(column)}"
+        for label in set(labels):
+            clashing = [column for column in columns if column.label == label]
+            if len(clashing) > 1 and len({extra(column) for column in clashing}) > 1:
+                for column in clashing:
+                    column.label = f"{column.label} {extra(column)}".rstrip()
 
 
 def workshop_table(results: Results, include_grids: bool = False) -> WorkshopTable:

@@ -2,6 +2,7 @@
 
 import json
 import math
+from pathlib import Path
 
 import pandas as pd
 
@@ -47,10 +48,10 @@ def test_swapped_top_k_and_dirty_code_are_reported(fixture):
     trials = pd.read_parquet(path)
     trials.loc[0, ["final/val/accuracy@3", "final/val/accuracy@10"]] = [0.9, 0.5]
     trials.to_parquet(path)
-    record_path = trials.loc[1, "run_dir"] + "/run.json"
-    record = json.loads(open(record_path).read())
+    record_path = Path(trials.loc[1, "run_dir"]) / "run.json"
+    record = json.loads(record_path.read_text())
     record["git"]["dirty"] = True
-    open(record_path, "w").write(json.dumps(record))
+    record_path.write_text(json.dumps(record))
     messages = _messages(load_results(fixture.runs_dir, ["replicate"]))
     assert any("top-k accuracies are not increasing" in message for _, _, message in messages)
     assert any(trial == "seed=1" and "uncommitted changes" in message for _, trial, message in messages)

@@ -6,6 +6,7 @@ from IPython.display import Audio
 
 from analysis import sections
 from analysis.missing import Missing
+from analysis.report import TEMPLATE
 
 SECTIONS = (sections.summary, sections.overview, sections.warnings, sections.metrics, sections.learning_curves,
             sections.grid_section, sections.sampling, sections.audio_examples, sections.appendix)
@@ -49,7 +50,7 @@ def test_every_section_says_what_is_missing_without_results(tmp_path):
 
 
 def test_template_cells_stay_thin():
-    notebook = json.loads(open(sections.__file__.replace("analysis/sections.py", "reports/study_report.ipynb")).read())
+    notebook = json.loads(TEMPLATE.read_text())
     code = [cell for cell in notebook["cells"] if cell["cell_type"] == "code"]
     assert "parameters" in code[0]["metadata"]["tags"]
     for cell in code[1:]:
