@@ -10,7 +10,7 @@ from dataclasses import asdict, dataclass
 
 import pandas as pd
 
-from analysis.results import FINAL_METRICS, SPLITS, Results, Study, config_columns, flatten
+from analysis.results import FINAL_METRICS, RESULTS_FILE, SPLITS, Results, Study, config_columns, flatten
 
 LEVELS = ("error", "warning", "missing", "note")
 RELATIVE_TOLERANCE = 1e-6
@@ -46,10 +46,12 @@ def scale_findings(study: Study) -> list[Finding]:
     smoke = study.trials[study.trials["scale"] == "smoke"]
     if smoke.empty:
         return []
+    rerun = (f"study run {study.name} scale=full" if study.source == RESULTS_FILE
+             else "study train experiment=<name> scale=full")
     return [Finding("warning", study.name, "",
                     f"{len(smoke)} of {len(study.trials)} trials ran at scale=smoke (tiny model, few short epochs, "
                     "stand-in data): they check the pipeline and are not a replication of any published number",
-                    f"rerun at full scale on a GPU: study run {study.name} scale=full")]
+                    f"rerun at full scale on a GPU: {rerun}")]
 
 
 def data_findings(study: Study) -> list[Finding]:

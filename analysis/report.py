@@ -155,7 +155,9 @@ def _list(text: str | None) -> list[str]:
 
 
 def parse_args(argv: list[str]) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(prog="study report", description=__doc__.split("\n")[0])
+    parser = argparse.ArgumentParser(
+        prog="study report", description="Execute the report notebook for the chosen studies into "
+        "<out>/<name>/report.ipynb and export report.html, tables/ and figures/ beside it.")
     parser.add_argument("--studies", help="comma-separated study names (default: every study under --runs)")
     parser.add_argument("--runs", type=Path, default=default_runs_dir(),
                         help="folder holding the studies (default: $STUDY_RUNS or ./runs)")

@@ -156,8 +156,9 @@ def load_study(runs_dir: Path, name: str) -> Study | Missing:
             return Missing(f"study {name!r}: {folder} has neither {RESULTS_FILE} nor run records", rerun)
         trials = trials_from_records(name, [(path, read_json(path / RECORD_FILE)) for path in record_dirs])
         source = RECORD_FILE
-        notes.append(Missing(f"{RESULTS_FILE} of study {name!r}",
-                             f"the table was rebuilt from {len(record_dirs)} run records; {rerun}"))
+        notes.append(Missing(f"{RESULTS_FILE} of {name!r}",
+                             f"the table was rebuilt from {len(record_dirs)} run records, as expected for runs of "
+                             "`study train`; `study run <study>` writes results.parquet"))
     if trials.empty:
         return Missing(f"study {name!r}: {results_path} has no trials",
                        f"the study has not started a trial yet; {rerun}")

@@ -51,3 +51,19 @@ def test_the_kernel_runs_this_interpreter():
     spec = KernelSpecManager().get_kernel_spec(name)
     assert spec.argv[0] == sys.executable == kernel_spec()["argv"][0]
     assert json.loads((Path(spec.resource_dir) / "kernel.json").read_text())["language"] == "python"
+
+
+def test_a_failing_cell_gives_a_partial_report_and_says_where(tmp_path, capsys, monkeypatch):
+    """Without a kernel: papermill is replaced by a stand-in that leaves a notebook and raises as it does."""
+    import papermill
+    from papermill.exceptions import PapermillExecutionError
+
+    def failing_execution(template, output, **options):
+        nbformat.write(nbformat.v4.new_notebook(cells=[nbformat.v4.new_code_cell("sections.show(...)")]), output)
+        raise PapermillExecutionError(3, 4, "sections.show(...)", "ValueError", "boom", [])
+
+    monkeypatch.setattr(papermill, "execute_notebook", failing_execution)
+    code = study(["report", "--runs", str(tmp_path), "--out", str(tmp_path / "out")])
+    error = capsys.readouterr().err
+    assert code == 1 and "report cell 4 raised ValueError: boom" in error and "partial report" in error
+    assert (tmp_path / "out" / "all" / "report.html").is_file()
