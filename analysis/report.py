@@ -1,0 +1,189 @@
+"""`study report`: execute the report notebook template for the chosen studies with papermill and
+export it to HTML with nbconvert, under reports/out/<name>/.
+
+It builds from whatever results exist (absent parts appear as 'missing: ...'); it never trains,
+generates or modifies a run, and it registers its own Jupyter kernel for this interpreter if needed.
+"""
+
+import argparse
+import contextlib
+import hashlib
+import json
+import logging
+import os
+import sys
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+import analysis
+from analysis.export import to_markdown
+from analysis.results import default_runs_dir, load_results
+from analysis.tables import workshop_table
+
+PROJECT_ROOT = Path(analysis.__file__).resolve().parents[1]
+TEMPLATE = PROJECT_ROOT / "reports" / "study_report.ipynb"
+DEFAULT_OUT = Path("reports") / "out"
+KERNEL_PREFIX = "sashimi-study"
+
+
+class ReportError(RuntimeError):
+    """The report could not be built; the message says why and what to do."""
+
+
+@dataclass
+class ReportPaths:
+    """Where a built report lies: the executed notebook, its HTML, and the exported tables and figures."""
+    directory: Path
+    notebook: Path
+    html: Path
+
+
+def kernel_name() -> str:
+    """A kernel name unique to this interpreter, so another environment's kernel can never shadow it."""
+    return f"{KERNEL_PREFIX}-{hashlib.sha1(sys.executable.encode()).hexdigest()[:8]}"
+
+
+def kernel_spec() -> dict:
+    return {"argv": [sys.executable, "-m", "ipykernel_launcher", "-f", "{connection_file}"],
+            "display_name": f"Python ({KERNEL_PREFIX}, {Path(sys.prefix).name})", "language": "python",
+            "metadata": {"debugger": True}}
+
+
+def ensure_kernel() -> str:
+    """Register a Jupyter kernel running this very interpreter (in sys.prefix, else per user); its name."""
+    try:
+        import ipykernel  # noqa: F401
+    except ImportError as error:
+        raise ReportError("executing the report needs ipykernel in this environment: `make install` "
+                          "(or pip install 'ipykernel==7.4.0')") from error
+    from jupyter_core.paths import jupyter_data_dir
+
+    name, spec = kernel_name(), kernel_spec()
+    candidates = [Path(sys.prefix) / "share" / "jupyter" / "kernels" / name, Path(jupyter_data_dir()) / "kernels" / name]
+    for folder in candidates:
+        path = folder / "kernel.json"
+        try:
+            if path.is_file() and json.loads(path.read_text()).get("argv") == spec["argv"]:
+                return name
+            folder.mkdir(parents=True, exist_ok=True)
+            descriptor, temporary = tempfile.mkstemp(dir=folder, suffix=".tmp")
+            with os.fdopen(descriptor, "w") as handle:
+                json.dump(spec, handle, indent=1)
+            os.replace(temporary, path)
+            return name
+        except (OSError, json.JSONDecodeError):
+            continue
+    raise ReportError(f"could not register a Jupyter kernel in {candidates[0]} or {candidates[1]}: neither is "
+                      f"writable; run `{sys.executable} -m ipykernel install --sys-prefix --name {name}`")
+
+
+@contextlib.contextmanager
+def project_on_kernel_path():
+    """Put this project first on the kernel's PYTHONPATH, so the notebook imports the same `analysis`."""
+    previous = os.environ.get("PYTHONPATH")
+    os.environ["PYTHONPATH"] = os.pathsep.join([str(PROJECT_ROOT), *([previous] if previous else [])])
+    try:
+        yield
+    finally:
+        if previous is None:
+            os.environ.pop("PYTHONPATH", None)
+        else:
+            os.environ["PYTHONPATH"] = previous
+
+
+def export_html(notebook_path: Path, html_path: Path) -> Path:
+    """The executed notebook as one self-contained HTML file (code hidden; images and audio embedded)."""
+    import nbformat
+    from nbconvert import HTMLExporter
+
+    exporter = HTMLExporter(template_name="lab", exclude_input=True, exclude_input_prompt=True,
+                            exclude_output_prompt=True)
+    body, _ = exporter.from_notebook_node(nbformat.read(notebook_path, as_version=4))
+    html_path.write_text(body, encoding="utf-8")
+    return html_path
+
+
+def build_report(runs_dir: Path, studies: list[str] | None = None, name: str | None = None,
+                 examples_dirs: list[Path] | None = None, out_root: Path = DEFAULT_OUT,
+                 template: Path = TEMPLATE, cell_timeout_seconds: int = 1800) -> ReportPaths:
+    """Execute `template` into out_root/<name>/report.ipynb and export report.html beside it."""
+    import papermill
+    from papermill.exceptions import PapermillExecutionError
+
+    template = Path(template)
+    if not template.is_file():
+        raise ReportError(f"report template {template} not found; restore it with `git checkout -- {template}` "
+                          "or pass --template PATH")
+    name = name or ("-".join(studies) if studies else "all")
+    directory = Path(out_root) / name
+    directory.mkdir(parents=True, exist_ok=True)
+    paths = ReportPaths(directory=directory, notebook=directory / "report.ipynb", html=directory / "report.html")
+    parameters = {"runs_dir": str(Path(runs_dir).resolve()), "studies": list(studies or []),
+                  "examples_dirs": [str(Path(folder).resolve()) for folder in examples_dirs or []],
+                  "output_dir": str(directory.resolve()), "report_name": name}
+    kernel = ensure_kernel()
+    failure = None
+    with project_on_kernel_path():
+        try:
+            papermill.execute_notebook(str(template), str(paths.notebook), parameters=parameters, kernel_name=kernel,
+                                       cwd=str(Path.cwd()), progress_bar=False, log_output=False,
+                                       execution_timeout=cell_timeout_seconds, request_save_on_cell_execute=False)
+        except PapermillExecutionError as error:
+            failure = error
+    export_html(paths.notebook, paths.html)
+    if failure is not None:
+        raise ReportError(f"report cell {failure.exec_count} raised {failure.ename}: {failure.evalue}; the partial "
+                          f"report is at {paths.html}. Call the failing analysis.sections function directly to "
+                          "debug it (every cell calls one).")
+    return paths
+
+
+def summary_markdown(runs_dir: Path, studies: list[str] | None = None) -> str:
+    """The workshop's table of the studies as Markdown with its notes (for terminals and logs)."""
+    results = load_results(Path(runs_dir), studies)
+    table = workshop_table(results)
+    lines = [str(missing) for missing in results.missing]
+    if table.empty:
+        lines.append("missing: results of a replication study (run `make replicate` and/or `make ablation`)")
+        return "\n".join(lines) + "\n"
+    return "\n".join(lines) + ("\n" if lines else "") + to_markdown(table.formatted(), table.notes)
+
+
+def _list(text: str | None) -> list[str]:
+    return [item.strip() for item in (text or "").split(",") if item.strip()]
+
+
+def parse_args(argv: list[str]) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(
+        prog="study report", description="Execute the report notebook for the chosen studies into "
+        "<out>/<name>/report.ipynb and export report.html, tables/ and figures/ beside it.")
+    parser.add_argument("--studies", help="comma-separated study names (default: every study under --runs)")
+    parser.add_argument("--runs", type=Path, default=default_runs_dir(),
+                        help="folder holding the studies (default: $STUDY_RUNS or ./runs)")
+    parser.add_argument("--name", help="report name: output goes to <out>/<name>/ (default: the studies, or 'all')")
+    parser.add_argument("--examples", action="append", default=[],
+                        help="folder of generated WAV files to embed (repeatable or comma-separated; "
+                             "default: runs/<study>/examples of each study)")
+    parser.add_argument("--out", type=Path, default=DEFAULT_OUT, help="output root (default: reports/out)")
+    parser.add_argument("--template", type=Path, default=TEMPLATE, help="notebook template to execute")
+    parser.add_argument("--cell-timeout", type=int, default=1800, help="seconds any one cell may run")
+    parser.add_argument("--print-table", action="store_true", help="also print the metrics table as Markdown")
+    return parser.parse_args(argv)
+
+
+def main(argv: list[str]) -> int:
+    args = parse_args(argv)
+    logging.getLogger("papermill").setLevel(logging.WARNING)
+    studies = _list(args.studies) or None
+    examples = [Path(folder) for text in args.examples for folder in _list(text)]
+    try:
+        paths = build_report(args.runs, studies, args.name, examples, args.out, args.template, args.cell_timeout)
+    except ReportError as error:
+        print(f"study report: {error}", file=sys.stderr)
+        return 1
+    if args.print_table:
+        print(summary_markdown(args.runs, studies))
+    print(f"notebook: {paths.notebook}")
+    print(f"html: {paths.html}")
+    return 0
