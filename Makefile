@@ -29,7 +29,7 @@ test: install
 	TRITON_INTERPRET=1 $(BIN)/python -m pytest -m "not cuda" $(ARGS)
 
 demo: install
-	@echo "make demo: not yet available"
+	$(BIN)/study demo $(ARGS)
 
 replicate: install
 	$(BIN)/study run replicate scale=$(SCALE) $(ARGS)

@@ -43,6 +43,11 @@ def _report(argv):
     return main(argv)
 
 
+def _demo(argv):
+    from study.demo import main
+    return main(argv)
+
+
 def _bench(argv):
     from study.bench import main
     return main(argv)
@@ -56,6 +61,7 @@ COMMANDS: dict[str, tuple[Callable[[list[str]], int], str]] = {
     "run": (_run, "run a study as Ray Tune trials: study run replicate scale=smoke"),
     "search-sampling": (_search_sampling, "Optuna search over temperature / top-p"),
     "report": (_report, "build the executed report notebook and its HTML"),
+    "demo": (_demo, "the whole study at smoke scale on embedded data, ending with a report"),
     "bench": (_bench, "benchmarks: study bench model|data|train|generate|kernel"),
 }
 
