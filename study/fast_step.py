@@ -139,7 +139,7 @@ def export_plan(model: SaShiMi) -> EnginePlan:
             matrices = ssm_matrices(layer.kernel)
             channels, half = matrices["F"].shape
             row[B_KIND], row[B_H], row[B_N2] = KIND_S4, channels, half
-            row[B_SSM] = pack.add(np.stack([part for name in ("M", "F", "G", "G_p", "C")
+            row[B_SSM] = pack.add(np.stack([part.T for name in ("M", "F", "G", "G_p", "C")
                                             for part in (matrices[name].real, matrices[name].imag)]))
             row[B_RANK1] = int(matrices["rank1"])
             row[B_DSKIP] = pack.add(layer.D)
@@ -272,7 +272,9 @@ JIT = dict(fastmath=FASTMATH, error_model="numpy", cache=True)
 @numba.njit(**JIT)
 def _linear(P, w, bias, n_out, n_in, X, x_off, Y, y_off, batch, accumulate):
     """Y[b, y_off + o] (+)= sum_i Wt[o, i] X[b, x_off + i] + bias[o], Wt = P[w:].reshape(n_out, n_in).
-    Four rows at a time share each load of X; the rows stay in L1 across the batch."""
+
+    Register tile of 4 rows x 2 streams: each weight load serves two streams, each input load four
+    rows, and the 4 rows stay in L1 across the batch."""
     weight = P[w:w + n_out * n_in].reshape((n_out, n_in))
     shift = P[bias:bias + n_out]
     o = 0
@@ -281,29 +283,56 @@ def _linear(P, w, bias, n_out, n_in, X, x_off, Y, y_off, batch, accumulate):
         w1 = weight[o + 1]
         w2 = weight[o + 2]
         w3 = weight[o + 3]
-        for b in range(batch):
+        b = 0
+        while b < batch:
+            pair = b + 1 < batch
             x = X[b, x_off:x_off + n_in]
+            x2 = X[b + 1 if pair else b, x_off:x_off + n_in]
             a0 = np.float32(0.0)
             a1 = np.float32(0.0)
             a2 = np.float32(0.0)
             a3 = np.float32(0.0)
-            for i in range(n_in):
-                v = x[i]
-                a0 += w0[i] * v
-                a1 += w1[i] * v
-                a2 += w2[i] * v
-                a3 += w3[i] * v
-            y = Y[b, y_off + o:y_off + o + 4]
-            if accumulate:
-                y[0] += a0 + shift[o]
-                y[1] += a1 + shift[o + 1]
-                y[2] += a2 + shift[o + 2]
-                y[3] += a3 + shift[o + 3]
+            c0 = np.float32(0.0)
+            c1 = np.float32(0.0)
+            c2 = np.float32(0.0)
+            c3 = np.float32(0.0)
+            if pair:
+                for i in range(n_in):
+                    v = x[i]
+                    v2 = x2[i]
+                    q0 = w0[i]
+                    q1 = w1[i]
+                    q2 = w2[i]
+                    q3 = w3[i]
+                    a0 += q0 * v
+                    a1 += q1 * v
+                    a2 += q2 * v
+                    a3 += q3 * v
+                    c0 += q0 * v2
+                    c1 += q1 * v2
+                    c2 += q2 * v2
+                    c3 += q3 * v2
             else:
-                y[0] = a0 + shift[o]
-                y[1] = a1 + shift[o + 1]
-                y[2] = a2 + shift[o + 2]
-                y[3] = a3 + shift[o + 3]
+                for i in range(n_in):
+                    v = x[i]
+                    a0 += w0[i] * v
+                    a1 += w1[i] * v
+                    a2 += w2[i] * v
+                    a3 += w3[i] * v
+            for k in range(2 if pair else 1):
+                y = Y[b + k, y_off + o:y_off + o + 4]
+                r0, r1, r2, r3 = (a0, a1, a2, a3) if k == 0 else (c0, c1, c2, c3)
+                if accumulate:
+                    y[0] += r0 + shift[o]
+                    y[1] += r1 + shift[o + 1]
+                    y[2] += r2 + shift[o + 2]
+                    y[3] += r3 + shift[o + 3]
+                else:
+                    y[0] = r0 + shift[o]
+                    y[1] = r1 + shift[o + 1]
+                    y[2] = r2 + shift[o + 2]
+                    y[3] = r3 + shift[o + 3]
+            b += 2 if pair else 1
         o += 4
     while o < n_out:
         w0 = weight[o]
@@ -369,43 +398,97 @@ def _glu_add(W, a_off, channels, out_off, batch):
 
 
 @numba.njit(**JIT)
-def _ssm(P, off, n2, channels, rank1, d_off, W, z_off, y_off, S, mem_off, batch):
+def _ssm(P, off, n2, channels, rank1, d_off, W, z_off, y_off, s_off, S, mem_off, batch):
     """W[b, y + h] = Re(C.x') + D u for u = W[b, z + h], advancing the memory x of every (b, h).
 
-    P[off:] holds Mr, Mi, Fr, Fi, Gr, Gi, Gpr, Gpi, Cr, Ci, each (channels, n2); a stream's memory is
-    Re (channels, n2) then Im (channels, n2) at S[b, mem_off:]."""
+    P[off:] holds Mr, Mi, Fr, Fi, Gr, Gi, Gpr, Gpi, Cr, Ci, each (n2, channels), state index first so
+    the inner loops run over channels; a stream's memory is Re (n2, channels) then Im (n2, channels)
+    at S[b, mem_off:]. W[b, s_off:] is scratch for s = Re(M.x). Streams go in pairs so that each
+    load of the matrices serves two."""
     block = channels * n2
-    matrices = P[off:off + 10 * block].reshape((10, channels, n2))
-    for h in range(channels):
-        mr = matrices[0, h]
-        mi = matrices[1, h]
-        fr = matrices[2, h]
-        fi = matrices[3, h]
-        gr = matrices[4, h]
-        gi = matrices[5, h]
-        pr = matrices[6, h]
-        pi = matrices[7, h]
-        cr = matrices[8, h]
-        ci = matrices[9, h]
-        dskip = P[d_off + h]
-        for b in range(batch):
-            u = W[b, z_off + h]
-            xr = S[b, mem_off + h * n2:mem_off + (h + 1) * n2]
-            xi = S[b, mem_off + block + h * n2:mem_off + block + (h + 1) * n2]
-            s = np.float32(0.0)
+    m = P[off:off + 10 * block].reshape((10, block))
+    dskip = P[d_off:d_off + channels]
+    b = 0
+    while b < batch:
+        pair = b + 1 < batch
+        c = b + 1 if pair else b
+        xr = S[b, mem_off:mem_off + block]
+        xi = S[b, mem_off + block:mem_off + 2 * block]
+        u = W[b, z_off:z_off + channels]
+        s = W[b, s_off:s_off + channels]
+        y = W[b, y_off:y_off + channels]
+        xr2 = S[c, mem_off:mem_off + block]
+        xi2 = S[c, mem_off + block:mem_off + 2 * block]
+        u2 = W[c, z_off:z_off + channels]
+        s2 = W[c, s_off:s_off + channels]
+        y2 = W[c, y_off:y_off + channels]
+        for h in range(channels):
+            s[h] = 0.0
+            y[h] = dskip[h] * u[h]
+            s2[h] = 0.0
+            y2[h] = dskip[h] * u2[h]
+        if pair:
             if rank1:
                 for n in range(n2):
-                    s += mr[n] * xr[n] - mi[n] * xi[n]
-            y = np.float32(0.0)
+                    base = n * channels
+                    for h in range(channels):
+                        j = base + h
+                        mr = m[0, j]
+                        mi = m[1, j]
+                        s[h] += mr * xr[j] - mi * xi[j]
+                        s2[h] += mr * xr2[j] - mi * xi2[j]
             for n in range(n2):
-                ar = xr[n]
-                ai = xi[n]
-                nr = fr[n] * ar - fi[n] * ai - pr[n] * s + gr[n] * u
-                ni = fr[n] * ai + fi[n] * ar - pi[n] * s + gi[n] * u
-                xr[n] = nr
-                xi[n] = ni
-                y += cr[n] * nr - ci[n] * ni
-            W[b, y_off + h] = y + dskip * u
+                base = n * channels
+                for h in range(channels):
+                    j = base + h
+                    fr = m[2, j]
+                    fi = m[3, j]
+                    gr = m[4, j]
+                    gi = m[5, j]
+                    pr = m[6, j]
+                    pi = m[7, j]
+                    cr = m[8, j]
+                    ci = m[9, j]
+                    ar = xr[j]
+                    ai = xi[j]
+                    sv = s[h]
+                    uv = u[h]
+                    nr = fr * ar - fi * ai - pr * sv + gr * uv
+                    ni = fr * ai + fi * ar - pi * sv + gi * uv
+                    xr[j] = nr
+                    xi[j] = ni
+                    y[h] += cr * nr - ci * ni
+                    ar = xr2[j]
+                    ai = xi2[j]
+                    sv = s2[h]
+                    uv = u2[h]
+                    nr = fr * ar - fi * ai - pr * sv + gr * uv
+                    ni = fr * ai + fi * ar - pi * sv + gi * uv
+                    xr2[j] = nr
+                    xi2[j] = ni
+                    y2[h] += cr * nr - ci * ni
+            b += 2
+        else:
+            if rank1:
+                for n in range(n2):
+                    base = n * channels
+                    for h in range(channels):
+                        j = base + h
+                        s[h] += m[0, j] * xr[j] - m[1, j] * xi[j]
+            for n in range(n2):
+                base = n * channels
+                for h in range(channels):
+                    j = base + h
+                    ar = xr[j]
+                    ai = xi[j]
+                    sv = s[h]
+                    uv = u[h]
+                    nr = m[2, j] * ar - m[3, j] * ai - m[6, j] * sv + m[4, j] * uv
+                    ni = m[2, j] * ai + m[3, j] * ar - m[7, j] * sv + m[5, j] * uv
+                    xr[j] = nr
+                    xi[j] = ni
+                    y[h] += m[8, j] * nr - m[9, j] * ni
+            b += 1
 
 
 @numba.njit(**JIT)
@@ -420,7 +503,7 @@ def _run_blocks(P, blocks, first, end, norm_eps, head, W, S, batch):
         channels = row[B_H]
         _norm(P, row[B_NORM], row[B_NORM_OFF], norm_eps[index], channels, W, cur, z, batch)
         if row[B_KIND] == KIND_S4:
-            _ssm(P, row[B_SSM], row[B_N2], channels, row[B_RANK1], row[B_DSKIP], W, z, ha, S, row[B_MEM], batch)
+            _ssm(P, row[B_SSM], row[B_N2], channels, row[B_RANK1], row[B_DSKIP], W, z, ha, hb, S, row[B_MEM], batch)
             _gelu(W, ha, channels, batch)
             if row[B_GLU]:
                 _linear(P, row[B_W1], row[B_B1], row[B_OUT1], channels, W, ha, W, hb, batch, False)
@@ -546,22 +629,68 @@ def _uniform(key, counter):
     return np.float64(z >> np.uint64(11)) * (1.0 / 9007199254740992.0)
 
 
+LOG2E = 1.4426950408889634
+LN2_HI = 6.93147180369123816490e-01   # ln 2 = LN2_HI + LN2_LO, LN2_HI with trailing zero bits (k LN2_HI exact)
+LN2_LO = 1.90821492927058770002e-10
+EXP_TAYLOR = tuple(1.0 / math.factorial(k) for k in range(13))
+
+
+@numba.njit(error_model="numpy", cache=True)
+def _exp_nonpositive(x, out, exponents, n):
+    """out[i] = exp(x[i]) for x <= 0, float64, vectorised: exp(x) = 2^k e^r, k = round(x / ln 2),
+    |r| <= ln 2 / 2, e^r by its degree-12 Taylor polynomial (error < 2e-16), 2^k added to the exponent
+    bits. x < -708 is taken as -708 (e^-708 ~ 3e-308, nothing next to the largest weight, 1).
+    No fastmath here: reassociation would undo the two-part ln 2 reduction."""
+    for i in range(n):
+        v = max(x[i], -708.0)
+        k = np.floor(v * LOG2E + 0.5)
+        r = (v - k * LN2_HI) - k * LN2_LO
+        p = EXP_TAYLOR[12]
+        p = p * r + EXP_TAYLOR[11]
+        p = p * r + EXP_TAYLOR[10]
+        p = p * r + EXP_TAYLOR[9]
+        p = p * r + EXP_TAYLOR[8]
+        p = p * r + EXP_TAYLOR[7]
+        p = p * r + EXP_TAYLOR[6]
+        p = p * r + EXP_TAYLOR[5]
+        p = p * r + EXP_TAYLOR[4]
+        p = p * r + EXP_TAYLOR[3]
+        p = p * r + EXP_TAYLOR[2]
+        p = p * r + EXP_TAYLOR[1]
+        p = p * r + EXP_TAYLOR[0]
+        out[i] = p
+        exponents[i] = np.int64(k) << 52
+    bits = out.view(np.int64)
+    for i in range(n):
+        bits[i] += exponents[i]
+
+
 @numba.njit(**JIT)
-def _log_normaliser(logits, classes):
-    """(max l, log sum exp(l - max l)) in float64."""
-    top = np.float64(logits[0])
-    for i in range(1, classes):
-        top = max(top, np.float64(logits[i]))
+def _weights(logits, scale, top, shifted, weights, exponents, classes):
+    """weights[i] = exp((l_i - top) * scale); returns their sum."""
+    for i in range(classes):
+        shifted[i] = (np.float64(logits[i]) - top) * scale
+    _exp_nonpositive(shifted, weights, exponents, classes)
     total = 0.0
     for i in range(classes):
-        total += math.exp(np.float64(logits[i]) - top)
-    return top, math.log(total)
+        total += weights[i]
+    return total
 
 
 @numba.njit(**JIT)
-def _sample_one(logits, classes, temperature, top_k, top_p, u, weights, candidates):
+def _top(logits, classes):
+    top = logits[0]
+    for i in range(1, classes):
+        top = max(top, logits[i])
+    return np.float64(top)
+
+
+@numba.njit(**JIT)
+def _sample_one(logits, classes, temperature, top_k, top_p, u, shifted, weights, exponents, candidates):
     """(token, log p_model, log p_sample) for one stream's logits, as study.sampling.sample."""
-    top, log_total1 = _log_normaliser(logits, classes)
+    top = _top(logits, classes)
+    total1 = _weights(logits, 1.0, top, shifted, weights, exponents, classes)
+    log_total1 = math.log(total1)
     if temperature == 0.0:
         best = 0
         for i in range(1, classes):
@@ -569,31 +698,44 @@ def _sample_one(logits, classes, temperature, top_k, top_p, u, weights, candidat
                 best = i
         return best, np.float64(logits[best]) - top - log_total1, 0.0
     if top_k == 0 and top_p >= 1.0:
-        count = classes
+        if temperature != 1.0:
+            total = _weights(logits, 1.0 / temperature, top, shifted, weights, exponents, classes)
+        else:
+            total = total1
+        target = u * total
+        running = 0.0
+        chosen = -1
+        last = 0
         for i in range(classes):
-            candidates[i] = i
-    else:
-        for i in range(classes):
-            weights[i] = -np.float64(logits[i])
-        order = np.argsort(weights, kind="mergesort")  # stable: ties keep the lower index first
-        count = classes if top_k == 0 else min(top_k, classes)
-        if top_p < 1.0:
-            total1 = math.exp(log_total1)
-            running = 0.0
-            kept = 0
-            for j in range(count):
-                p = math.exp(np.float64(logits[order[j]]) - top) / total1
-                running += p
-                if running - p < top_p:
-                    kept = j + 1
-                else:
-                    break
-            count = kept
+            running += weights[i]
+            if weights[i] > 0.0:
+                last = i
+            if running > target:
+                chosen = i
+                break
+        token = chosen if chosen >= 0 else last
+        return token, np.float64(logits[token]) - top - log_total1, math.log(weights[token]) - math.log(total)
+    for i in range(classes):
+        shifted[i] = -np.float64(logits[i])
+    order = np.argsort(shifted, kind="mergesort")  # stable: ties keep the lower index first
+    count = classes if top_k == 0 else min(top_k, classes)
+    if top_p < 1.0:
+        running = 0.0
+        kept = 0
         for j in range(count):
-            candidates[j] = order[j]
+            p = weights[order[j]] / total1
+            running += p
+            if running - p < top_p:
+                kept = j + 1
+            else:
+                break
+        count = kept
+    for j in range(count):
+        candidates[j] = order[j]
+        shifted[j] = (np.float64(logits[order[j]]) - top) / temperature
+    _exp_nonpositive(shifted, weights, exponents, count)
     total = 0.0
     for j in range(count):
-        weights[j] = math.exp((np.float64(logits[candidates[j]]) - top) / temperature)
         total += weights[j]
     target = u * total
     running = 0.0
@@ -628,7 +770,9 @@ def run_steps(P, levels, blocks, head, norm_eps, S, position, first_tokens, forc
     at = head[H_LOGITS]
     W = np.zeros((batch, head[H_WORK]), np.float32)
     tokens = first_tokens.copy()
+    shifted = np.empty(classes, np.float64)
     weights = np.empty(classes, np.float64)
+    exponents = np.empty(classes, np.int64)
     candidates = np.empty(classes, np.int64)
     keep_logits = out_logits.shape[1] == steps
     for t in range(steps):
@@ -639,13 +783,14 @@ def run_steps(P, levels, blocks, head, norm_eps, S, position, first_tokens, forc
                 out_logits[b, t, :] = logits
             if forced[b, t] >= 0:
                 token = forced[b, t]
-                top, log_total = _log_normaliser(logits, classes)
-                out_logp_model[b, t] = np.float64(logits[token]) - top - log_total
+                top = _top(logits, classes)
+                total = _weights(logits, 1.0, top, shifted, weights, exponents, classes)
+                out_logp_model[b, t] = np.float64(logits[token]) - top - math.log(total)
                 out_logp_sample[b, t] = np.nan
             else:
                 u = _uniform(stream_keys[b], counter + t)
                 token, logp_model, logp_sample = _sample_one(logits, classes, temperature, top_k, top_p, u,
-                                                             weights, candidates)
+                                                             shifted, weights, exponents, candidates)
                 out_logp_model[b, t] = logp_model
                 out_logp_sample[b, t] = logp_sample
             out_tokens[b, t] = token
