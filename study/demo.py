@@ -73,7 +73,7 @@ def run_demo(runs: Path, overrides: list[str], search_trials: int, prompt_second
     print("\n" + summary_markdown(runs))
     print(f"sampling search: best temperature {best.temperature:.3f}, top_p {best.top_p:.3f} ({search_folder})")
     print("step seconds: " + ", ".join(f"{k} {v:.0f}" for k, v in timings.items()))
-    print(f"\nreport: {paths.html}\nnotebook: {paths.notebook}\nruns: {runs}")
+    print(f"\nreport: {paths.html.resolve()}\nnotebook: {paths.notebook.resolve()}\nruns: {runs}")
     return {"report": paths, "timings": timings}
 
 

@@ -117,7 +117,7 @@ class AudioFormat:
 
     @classmethod
     def from_payload(cls, payload: dict, source: str) -> "AudioFormat":
-        data = (payload.get("config") or {}).get("data") or {}
+        data = payload.get("data_config") or (payload.get("config") or {}).get("data") or {}
         missing = [key for key in ("sample_rate", "bits", "quantization", "normalization", "sample_len")
                    if key not in data]
         if missing:
@@ -246,7 +246,8 @@ def prompts_from_split(payload: dict, split: str, window: int | None, count: int
     paths = dict(config.get("paths") or {})
     paths["data_cache"] = data_cache or paths.get("data_cache") or os.environ.get("STUDY_DATA_CACHE", "data/cache")
     paths.setdefault("downloads", os.environ.get("STUDY_DOWNLOADS", "data/downloads"))
-    prepared = find_prepared(config["data"], OmegaConf.create(paths))
+    # data_config: the data the run really used (an embedded stand-in at smoke scale)
+    prepared = find_prepared(payload.get("data_config") or config["data"], OmegaConf.create(paths))
     dataset = WindowDataset(prepared, split)
     if len(dataset) == 0:
         raise GenerationError(f"the {split} split of {prepared.path} has no windows; use another split")
