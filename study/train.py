@@ -365,8 +365,22 @@ class Run:
                                best_checkpoint=str(self.checkpoint_dir / "best.pt"), finished=time.time())
         if self.tracker is not None:
             self.tracker.summary.update(final)
+            self._log_audio_sample()
         self._finish_tracking()
         return record
+
+    def _log_audio_sample(self) -> None:
+        """A short unconditional sample from the best checkpoint, into the tracker."""
+        seconds = float(self.experiment.config.tracking.get("log_audio_seconds", 0) or 0)
+        if seconds <= 0:
+            return
+        import wandb
+
+        from study.generate import Generator
+        generator = Generator(self.checkpoint_dir / "best.pt", device=str(self.device))
+        result = generator.generate(None, seconds=seconds, n=1, seed=int(self.experiment.config.seed))
+        audio = generator.audio.decode(result.continuations[0].tokens)
+        self.tracker.log({"sample/unconditional": wandb.Audio(audio, sample_rate=generator.audio.sample_rate)})
 
     def _finish_tracking(self):
         if self.tracker is not None:
