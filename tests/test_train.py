@@ -73,7 +73,7 @@ def test_wandb_offline_files_appear(tmp_path, data_cache):
     train(experiment)
     runs = list((experiment.run_dir / "wandb").glob("offline-run-*"))
     assert runs and list(runs[0].glob("*.wandb"))
-    assert list(runs[0].glob("files/media/audio/*.wav")), "the end-of-training audio sample is missing"
+    assert list(runs[0].glob("files/media/audio/**/*.wav")), "the end-of-training audio sample is missing"
 
 
 def run_train_process(arguments, env):
