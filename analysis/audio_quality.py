@@ -67,6 +67,9 @@ def _frames(audio: np.ndarray) -> np.ndarray:
 
 def frechet_distance(a: np.ndarray, b: np.ndarray) -> float:
     """|mu_a - mu_b|^2 + Tr(S_a + S_b - 2 (S_a S_b)^1/2) of the rows of a and b."""
+    if len(a) < 2 or len(b) < 2:
+        raise ValueError(f"too little audio to score: {len(a)} and {len(b)} frames, at least 2 each "
+                         f"({FRAME_SAMPLES + HOP_SAMPLES} samples); use longer continuations")
     mu_a, mu_b = a.mean(0), b.mean(0)
     cov_a, cov_b = np.cov(a, rowvar=False), np.cov(b, rowvar=False)
     # Tr((S_a S_b)^1/2) = sum sqrt(eig(S_a^1/2 S_b S_a^1/2)), a symmetric PSD matrix.

@@ -30,7 +30,7 @@ def step(title: str) -> float:
 
 
 def run_demo(runs: Path, overrides: list[str], search_trials: int, prompt_seconds: float,
-             continuation_seconds: float) -> dict:
+             continuation_seconds: float, report_out: Path) -> dict:
     from analysis.report import build_report, summary_markdown
     from analysis.sampling_search import SearchSettings, search
     from study.generate import Generator
@@ -67,7 +67,7 @@ def run_demo(runs: Path, overrides: list[str], search_trials: int, prompt_second
     timings["generate"] = time.perf_counter() - begin
 
     begin = step("report")
-    paths = build_report(runs, name="demo")
+    paths = build_report(runs, name="demo", out_root=report_out)
     timings["report"] = time.perf_counter() - begin
     timings["total"] = time.perf_counter() - started
     print("\n" + summary_markdown(runs))
@@ -83,13 +83,14 @@ def main(argv: list[str]) -> int:
     parser.add_argument("--search-trials", type=int, default=6)
     parser.add_argument("--prompt-seconds", type=float, default=0.1)
     parser.add_argument("--seconds", type=float, default=0.15, help="real and generated continuation per prompt")
+    parser.add_argument("--report-out", type=Path, default=Path("reports/out"))
     parser.add_argument("overrides", nargs="*", help="config overrides applied to every study")
     args = parser.parse_args(argv)
     from study.config import ConfigError
     from study.data import DataError
     from study.harness import StudyError
     try:
-        run_demo(args.runs, args.overrides, args.search_trials, args.prompt_seconds, args.seconds)
+        run_demo(args.runs, args.overrides, args.search_trials, args.prompt_seconds, args.seconds, args.report_out)
     except (StudyError, ConfigError, DataError, ValueError) as error:
         print(f"study demo: {error}", file=sys.stderr)
         return 2

@@ -280,8 +280,12 @@ def run_study(name: str, overrides: list[str]) -> pd.DataFrame:
     ray_settings = config.ray
     trials = plan_trials(study, trial_overrides)
     folder = Path(str(trials[0].experiment.config.paths.runs)) / study.name
-    claim_study_folder(folder, study, trial_overrides)
     pending = [t for t in trials if read_record(t.experiment.run_dir).get("status") != "finished"]
+    ray_module = None
+    if pending:  # refuse what cannot run before anything is written
+        ray_module = connect_ray(ray_settings.address)
+        check_resources(ray_module, float(ray_settings.gpus_per_trial), float(ray_settings.cpus_per_trial))
+    claim_study_folder(folder, study, trial_overrides)
     print(f"study {study.name}: {len(trials)} trials ({len(trials) - len(pending)} already finished), "
           f"folder {folder}")
     errors: dict[str, str] = {}
@@ -308,8 +312,6 @@ def launch(study: Study, trials: list[Trial], ray_settings, folder: Path) -> dic
     from ray import tune
 
     gpus, cpus = float(ray_settings.gpus_per_trial), float(ray_settings.cpus_per_trial)
-    ray_module = connect_ray(ray_settings.address)
-    check_resources(ray_module, gpus, cpus)
     prepare_data(trials)
     storage = str(ray_settings.storage) if ray_settings.storage else str((folder / "ray").resolve())
     specs = [{"label": t.label, "overrides": t.overrides, "cpus": cpus} for t in trials]
