@@ -141,22 +141,14 @@ def draw_heatmap(table: pd.DataFrame, path: Path) -> None:
 
 def resolve_checkpoint(value: str, runs: Path) -> Path:
     """A checkpoint path, or study:NAME -> the best finished trial's best.pt of that study."""
-    if not value.startswith("study:"):
-        path = Path(value).expanduser()
-        if not path.is_file():
-            raise ValueError(f"checkpoint={value} does not exist; pass a best.pt written by `study train`, or "
-                             "checkpoint=study:replicate after `make replicate SCALE=smoke`")
-        return path
-    name = value.removeprefix("study:")
-    results = runs / name / "results.parquet"
-    if not results.is_file():
-        raise ValueError(f"checkpoint={value}: no results at {results}; run `study run {name}` first "
-                         f"(e.g. `make replicate SCALE=smoke`) or pass checkpoint=PATH/best.pt")
-    table = pd.read_parquet(results)
-    finished = table[(table.status == "finished") & table.checkpoint.notna()]
-    if finished.empty:
-        raise ValueError(f"checkpoint={value}: study {name} has no finished trial with a checkpoint")
-    return Path(finished.sort_values("final/val/bpb").iloc[0].checkpoint)
+    from study.harness import best_checkpoint
+    if value.startswith("study:"):
+        return best_checkpoint(runs, value.removeprefix("study:"))
+    path = Path(value).expanduser()
+    if not path.is_file():
+        raise ValueError(f"checkpoint={value} does not exist; pass a best.pt written by `study train`, or "
+                         "checkpoint=study:replicate after `make replicate SCALE=smoke`")
+    return path
 
 
 def held_out_prompts(generator, settings: SearchSettings):

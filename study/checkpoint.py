@@ -6,13 +6,12 @@ corrupt file is detected and never replaces a good one; nothing here unpickles a
 
 import hashlib
 import io
-import os
-import tempfile
 from dataclasses import asdict, fields
 from pathlib import Path
 
 import torch
 
+from study.files import write_atomic
 from study.sashimi import ModelConfig, SaShiMi
 
 FORMAT = "sashimi-study/checkpoint/1"
@@ -26,29 +25,10 @@ class CheckpointError(ValueError):
 
 def save_checkpoint(path: Path, payload: dict) -> Path:
     """Write MAGIC + sha256(payload) + payload to a temporary file, fsync, then rename onto `path`."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     buffer = io.BytesIO()
     torch.save({"format": FORMAT, **payload}, buffer)
     data = buffer.getvalue()
-    descriptor, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(descriptor, "wb") as handle:
-            handle.write(MAGIC)
-            handle.write(hashlib.sha256(data).digest())
-            handle.write(data)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(temporary, path)
-    except BaseException:
-        Path(temporary).unlink(missing_ok=True)
-        raise
-    directory = os.open(path.parent, os.O_RDONLY)
-    try:
-        os.fsync(directory)
-    finally:
-        os.close(directory)
-    return path
+    return write_atomic(path, MAGIC + hashlib.sha256(data).digest() + data)
 
 
 def load_checkpoint(path: Path, map_location: str | torch.device = "cpu") -> dict:

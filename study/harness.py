@@ -116,23 +116,26 @@ def window_for_rate(overrides: list[str], variation: list[str]) -> list[str]:
     return [f"data.sample_len={samples}"]
 
 
+def best_checkpoint(runs_root: Path, study: str) -> Path:
+    """best.pt of the finished trial of `study` with the lowest final/val/bpb."""
+    results = runs_root / study / "results.parquet"
+    if not results.is_file():
+        raise StudyError(f"study {study!r} has no results at {results}; run `study run {study}` first "
+                         "(at the same scale, e.g. `make replicate SCALE=smoke`)")
+    table = pd.read_parquet(results)
+    finished = table[(table.status == "finished") & table.checkpoint.notna()]
+    if finished.empty:
+        raise StudyError(f"study {study!r} has no finished trial with a checkpoint in {results}")
+    return Path(finished.sort_values("final/val/bpb").iloc[0].checkpoint)
+
+
 def resolve_study_references(overrides: list[str], runs_root: Path) -> list[str]:
     """train.init_from=study:NAME -> the best finished trial's best.pt of study NAME."""
     resolved = []
     for override in overrides:
         key, _, value = override.partition("=")
         if key == "train.init_from" and value.startswith("study:"):
-            source = value.removeprefix("study:")
-            results = runs_root / source / "results.parquet"
-            if not results.is_file():
-                raise StudyError(f"{override}: study {source!r} has no results under {runs_root / source}; "
-                                 f"run `study run {source}` with the same scale first")
-            table = pd.read_parquet(results)
-            finished = table[(table.status == "finished") & table.checkpoint.notna()]
-            if finished.empty:
-                raise StudyError(f"{override}: study {source!r} has no finished trial with a checkpoint")
-            best = finished.sort_values("final/val/bpb").iloc[0]
-            override = f"train.init_from={best.checkpoint}"
+            override = f"train.init_from={best_checkpoint(runs_root, value.removeprefix('study:'))}"
         resolved.append(override)
     return resolved
 

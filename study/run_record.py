@@ -5,14 +5,14 @@ fingerprint, metrics, status) and never anything secret such as tokens or enviro
 """
 
 import json
-import os
 import platform
 import subprocess
-import tempfile
 from importlib import metadata
 from pathlib import Path
 
 import torch
+
+from study.files import write_atomic
 
 RECORD_NAME = "run.json"
 PACKAGES = ("torch", "torchaudio", "triton", "numba", "numpy", "hydra-core", "omegaconf", "datasets",
@@ -52,17 +52,7 @@ def device_description(device: torch.device) -> dict:
 
 
 def write_json_atomic(path: Path, content: dict) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    descriptor, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(descriptor, "w") as handle:
-            json.dump(content, handle, indent=2, sort_keys=True, default=str)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(temporary, path)
-    except BaseException:
-        Path(temporary).unlink(missing_ok=True)
-        raise
+    write_atomic(path, json.dumps(content, indent=2, sort_keys=True, default=str).encode())
 
 
 def read_record(run_dir: Path) -> dict:
