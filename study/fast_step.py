@@ -19,6 +19,9 @@ from dataclasses import dataclass
 import numba
 import numpy as np
 import torch
+from llvmlite import ir
+from numba import types
+from numba.extending import intrinsic
 
 from study.s4 import DiagonalKernel, DPLRKernel, S4Block
 from study.sampling import SamplingSettings
@@ -139,8 +142,8 @@ def export_plan(model: SaShiMi) -> EnginePlan:
             matrices = ssm_matrices(layer.kernel)
             channels, half = matrices["F"].shape
             row[B_KIND], row[B_H], row[B_N2] = KIND_S4, channels, half
-            row[B_SSM] = pack.add(np.stack([part.T for name in ("M", "F", "G", "G_p", "C")
-                                            for part in (matrices[name].real, matrices[name].imag)]))
+            rows = [part.T for name in ("M", "F", "G", "G_p", "C") for part in (matrices[name].real, matrices[name].imag)]
+            row[B_SSM] = pack.add(np.stack(rows, axis=1))  # (n2, 10, H)
             row[B_RANK1] = int(matrices["rank1"])
             row[B_DSKIP] = pack.add(layer.D)
             row[B_W1] = pack.add(layer.output_linear.weight)
@@ -267,6 +270,25 @@ def sigmoid_array(values: np.ndarray) -> np.ndarray:
 # Every inner loop indexes a unit-stride view with the loop variable: numba's negative-index wraparound
 # on `offset + i` and Python's zero-division checks (error_model="numpy" drops them) block vectorisation.
 JIT = dict(fastmath=FASTMATH, error_model="numpy", cache=True)
+PREFETCH_MIN_INPUTS = 128   # prefetch weight rows ahead for matrices at least this wide (L3-resident)
+PREFETCH_TILES = 2          # how many 4-row tiles ahead
+
+
+@intrinsic
+def _prefetch(typingctx, array, index):
+    """llvm.prefetch(&array[index], read, keep in all cache levels): starts a cache-line load early."""
+    signature = types.void(array, index)
+
+    def codegen(context, builder, sig, args):
+        data = context.make_array(sig.args[0])(context, builder, args[0]).data
+        address = builder.bitcast(builder.gep(data, [args[1]]), ir.IntType(8).as_pointer())
+        int32 = ir.IntType(32)
+        function = builder.module.declare_intrinsic(
+            "llvm.prefetch", (), ir.FunctionType(ir.VoidType(), [address.type, int32, int32, int32]))
+        builder.call(function, [address, ir.Constant(int32, 0), ir.Constant(int32, 3), ir.Constant(int32, 1)])
+        return context.get_dummy_value()
+
+    return signature, codegen
 
 
 @numba.njit(**JIT)
@@ -277,8 +299,14 @@ def _linear(P, w, bias, n_out, n_in, X, x_off, Y, y_off, batch, accumulate):
     rows, and the 4 rows stay in L1 across the batch."""
     weight = P[w:w + n_out * n_in].reshape((n_out, n_in))
     shift = P[bias:bias + n_out]
+    end = w + n_out * n_in
+    prefetching = n_in >= PREFETCH_MIN_INPUTS
     o = 0
     while o + 4 <= n_out:
+        if prefetching:  # the hardware prefetcher alone leaves L3 bandwidth unused on wide matrices
+            ahead = w + (o + 4 * PREFETCH_TILES) * n_in
+            for k in range(0, min(4 * n_in, end - ahead), 16):
+                _prefetch(P, ahead + k)
         w0 = weight[o]
         w1 = weight[o + 1]
         w2 = weight[o + 2]
@@ -401,12 +429,12 @@ def _glu_add(W, a_off, channels, out_off, batch):
 def _ssm(P, off, n2, channels, rank1, d_off, W, z_off, y_off, s_off, S, mem_off, batch):
     """W[b, y + h] = Re(C.x') + D u for u = W[b, z + h], advancing the memory x of every (b, h).
 
-    P[off:] holds Mr, Mi, Fr, Fi, Gr, Gi, Gpr, Gpi, Cr, Ci, each (n2, channels), state index first so
-    the inner loops run over channels; a stream's memory is Re (n2, channels) then Im (n2, channels)
-    at S[b, mem_off:]. W[b, s_off:] is scratch for s = Re(M.x). Streams go in pairs so that each
-    load of the matrices serves two."""
+    P[off:] is (n2, 10, channels): for each state index n the rows Mr, Mi, Fr, Fi, Gr, Gi, Gpr, Gpi,
+    Cr, Ci, so the inner loops run over channels and each n reads one contiguous piece; a stream's
+    memory is Re (n2, channels) then Im (n2, channels) at S[b, mem_off:]. W[b, s_off:] is scratch
+    for s = Re(M.x). Streams go in pairs so that each load of the matrices serves two."""
     block = channels * n2
-    m = P[off:off + 10 * block].reshape((10, block))
+    m = P[off:off + 10 * block].reshape((n2, 10, channels))
     dskip = P[d_off:d_off + channels]
     b = 0
     while b < batch:
@@ -427,68 +455,55 @@ def _ssm(P, off, n2, channels, rank1, d_off, W, z_off, y_off, s_off, S, mem_off,
             y[h] = dskip[h] * u[h]
             s2[h] = 0.0
             y2[h] = dskip[h] * u2[h]
-        if pair:
-            if rank1:
-                for n in range(n2):
-                    base = n * channels
-                    for h in range(channels):
-                        j = base + h
-                        mr = m[0, j]
-                        mi = m[1, j]
-                        s[h] += mr * xr[j] - mi * xi[j]
-                        s2[h] += mr * xr2[j] - mi * xi2[j]
+        if rank1:
             for n in range(n2):
+                mr = m[n, 0]
+                mi = m[n, 1]
                 base = n * channels
+                if pair:
+                    for h in range(channels):
+                        s[h] += mr[h] * xr[base + h] - mi[h] * xi[base + h]
+                        s2[h] += mr[h] * xr2[base + h] - mi[h] * xi2[base + h]
+                else:
+                    for h in range(channels):
+                        s[h] += mr[h] * xr[base + h] - mi[h] * xi[base + h]
+        for n in range(n2):
+            if n + 1 < n2:
+                for k in range(0, 10 * channels, 16):
+                    _prefetch(P, off + (n + 1) * 10 * channels + k)
+            fr = m[n, 2]
+            fi = m[n, 3]
+            gr = m[n, 4]
+            gi = m[n, 5]
+            pr = m[n, 6]
+            pi = m[n, 7]
+            cr = m[n, 8]
+            ci = m[n, 9]
+            base = n * channels
+            for h in range(channels):
+                j = base + h
+                ar = xr[j]
+                ai = xi[j]
+                sv = s[h]
+                uv = u[h]
+                nr = fr[h] * ar - fi[h] * ai - pr[h] * sv + gr[h] * uv
+                ni = fr[h] * ai + fi[h] * ar - pi[h] * sv + gi[h] * uv
+                xr[j] = nr
+                xi[j] = ni
+                y[h] += cr[h] * nr - ci[h] * ni
+            if pair:
                 for h in range(channels):
                     j = base + h
-                    fr = m[2, j]
-                    fi = m[3, j]
-                    gr = m[4, j]
-                    gi = m[5, j]
-                    pr = m[6, j]
-                    pi = m[7, j]
-                    cr = m[8, j]
-                    ci = m[9, j]
-                    ar = xr[j]
-                    ai = xi[j]
-                    sv = s[h]
-                    uv = u[h]
-                    nr = fr * ar - fi * ai - pr * sv + gr * uv
-                    ni = fr * ai + fi * ar - pi * sv + gi * uv
-                    xr[j] = nr
-                    xi[j] = ni
-                    y[h] += cr * nr - ci * ni
                     ar = xr2[j]
                     ai = xi2[j]
                     sv = s2[h]
                     uv = u2[h]
-                    nr = fr * ar - fi * ai - pr * sv + gr * uv
-                    ni = fr * ai + fi * ar - pi * sv + gi * uv
+                    nr = fr[h] * ar - fi[h] * ai - pr[h] * sv + gr[h] * uv
+                    ni = fr[h] * ai + fi[h] * ar - pi[h] * sv + gi[h] * uv
                     xr2[j] = nr
                     xi2[j] = ni
-                    y2[h] += cr * nr - ci * ni
-            b += 2
-        else:
-            if rank1:
-                for n in range(n2):
-                    base = n * channels
-                    for h in range(channels):
-                        j = base + h
-                        s[h] += m[0, j] * xr[j] - m[1, j] * xi[j]
-            for n in range(n2):
-                base = n * channels
-                for h in range(channels):
-                    j = base + h
-                    ar = xr[j]
-                    ai = xi[j]
-                    sv = s[h]
-                    uv = u[h]
-                    nr = m[2, j] * ar - m[3, j] * ai - m[6, j] * sv + m[4, j] * uv
-                    ni = m[2, j] * ai + m[3, j] * ar - m[7, j] * sv + m[5, j] * uv
-                    xr[j] = nr
-                    xi[j] = ni
-                    y[h] += m[8, j] * nr - m[9, j] * ni
-            b += 1
+                    y2[h] += cr[h] * nr - ci[h] * ni
+        b += 2 if pair else 1
 
 
 @numba.njit(**JIT)

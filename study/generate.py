@@ -100,7 +100,9 @@ def parse_config(argv: list[str]) -> GenerateConfig:
         config = OmegaConf.to_object(merged)
     except OmegaConfBaseException as error:
         detail = str(error).strip().splitlines()[0]
-        raise GenerationError(f"bad argument: {detail}; known keys: {', '.join(schema.keys())}") from error
+        key = getattr(error, "full_key", None)
+        where = f" {key}" if key else ""
+        raise GenerationError(f"bad argument{where}: {detail}; known keys: {', '.join(schema.keys())}") from error
     if config.checkpoint in ("???", "", None):
         raise GenerationError("checkpoint=PATH is required, e.g. checkpoint=runs/<run>/checkpoints/best.pt")
     return config
@@ -246,8 +248,11 @@ def prompts_from_split(payload: dict, split: str, window: int | None, count: int
     paths = dict(config.get("paths") or {})
     paths["data_cache"] = data_cache or paths.get("data_cache") or os.environ.get("STUDY_DATA_CACHE", "data/cache")
     paths.setdefault("downloads", os.environ.get("STUDY_DOWNLOADS", "data/downloads"))
-    # data_config: the data the run really used (an embedded stand-in at smoke scale)
-    prepared = find_prepared(payload.get("data_config") or config["data"], OmegaConf.create(paths))
+    try:
+        # data_config: the data the run really used (an embedded stand-in at smoke scale)
+        prepared = find_prepared(payload.get("data_config") or config["data"], OmegaConf.create(paths))
+    except DataError as error:
+        raise GenerationError(f"prompt=split:{split} reads the checkpoint's prepared data: {error}") from error
     dataset = WindowDataset(prepared, split)
     if len(dataset) == 0:
         raise GenerationError(f"the {split} split of {prepared.path} has no windows; use another split")

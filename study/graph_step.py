@@ -95,7 +95,7 @@ class TensorEngine:
                 norm_params = (view(row[fs.B_NORM_OFF], channels), view(row[fs.B_NORM_OFF] + channels, channels))
             if row[fs.B_KIND] == fs.KIND_S4:
                 half = int(row[fs.B_N2])
-                tensors = dict(m=view(row[fs.B_SSM], 10, half, channels), rank1=bool(row[fs.B_RANK1]),
+                tensors = dict(m=view(row[fs.B_SSM], half, 10, channels).transpose(0, 1), rank1=bool(row[fs.B_RANK1]),
                                D=view(row[fs.B_DSKIP], channels),
                                w1=view(row[fs.B_W1], int(row[fs.B_OUT1]), channels),
                                b1=view(row[fs.B_B1], int(row[fs.B_OUT1])), glu=bool(row[fs.B_GLU]),
