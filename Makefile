@@ -26,7 +26,7 @@ $(STAMP): pyproject.toml
 install: $(STAMP)
 
 test: install
-	TRITON_INTERPRET=1 $(BIN)/python -m pytest -m "not cuda" $(ARGS)
+	TRITON_INTERPRET=1 $(BIN)/python -m pytest -m "not cuda" --durations=15 $(ARGS)
 
 demo: install
 	$(BIN)/study demo $(ARGS)

@@ -75,9 +75,14 @@ def assert_step_matches_forward(model, length, batch_size=1, tolerance=1e-4):
         expected = model(tokens)
     state = model.init_state(batch_size)
     outputs = []
-    for t in range(length):
-        logits, state = model.step(tokens[:, t], state)
-        outputs.append(logits)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # one-sample ops gain nothing from threads and stall when a core is busy
+    try:
+        for t in range(length):
+            logits, state = model.step(tokens[:, t], state)
+            outputs.append(logits)
+    finally:
+        torch.set_num_threads(threads)
     error = (torch.stack(outputs, 1) - expected).abs().max().item()
     assert error <= tolerance, f"max |step - forward| = {error}"
 
