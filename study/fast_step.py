@@ -175,11 +175,16 @@ def export_plan(model: SaShiMi) -> EnginePlan:
             up = backbone.up_stages[depth - 1 - level][0]
             stride = down.stride
             levels[level, L_STRIDE] = stride
-            levels[level, L_DOWN_W] = pack.add(down.linear.weight)          # (H_{l+1}, H_l * s)
+            # The pool buffers are slot-major ([slot * H_l + h]) so a sample is written or read as one
+            # contiguous vector; the pool weights are permuted to match the model's [h * s + slot].
+            inner = down.linear.weight.shape[0]
+            levels[level, L_DOWN_W] = pack.add(                              # (H_{l+1}, s * H_l)
+                down.linear.weight.view(inner, channels, stride).transpose(1, 2).reshape(inner, stride * channels))
             levels[level, L_DOWN_B] = pack.add(down.linear.bias)
-            levels[level, L_DOWN_BUF] = allocate(channels * stride)         # [h * s + slot]
-            levels[level, L_UP_W] = pack.add(up.linear.weight)              # (H_l * s, H_{l+1})
-            levels[level, L_UP_B] = pack.add(up.linear.bias)
+            levels[level, L_DOWN_BUF] = allocate(channels * stride)
+            levels[level, L_UP_W] = pack.add(                                # (s * H_l, H_{l+1})
+                up.linear.weight.view(channels, stride, inner).transpose(0, 1).reshape(stride * channels, inner))
+            levels[level, L_UP_B] = pack.add(up.linear.bias.view(channels, stride).t().reshape(-1))
             levels[level, L_UP_BUF] = allocate(channels * stride)
             stage = list(backbone.up_stages[depth - 1 - level])[1:]
             channels, period = down.linear.weight.shape[0], period * stride
@@ -654,8 +659,10 @@ def _network_step(P, levels, blocks, head, norm_eps, S, position, tokens, W, bat
         skip = levels[level, L_SKIP]
         buf = levels[level, L_DOWN_BUF]
         for b in range(batch):
+            x = W[b, skip:skip + channels]
+            out = S[b, buf + slot * channels:buf + (slot + 1) * channels]
             for h in range(channels):
-                S[b, buf + h * stride + slot] = W[b, skip + h]
+                out[h] = x[h]
         if slot != stride - 1:
             break
         _linear(P, levels[level, L_DOWN_W], levels[level, L_DOWN_B], levels[level + 1, L_H], channels * stride,
@@ -681,10 +688,14 @@ def _network_step(P, levels, blocks, head, norm_eps, S, position, tokens, W, bat
         skip = levels[level, L_SKIP]
         buf = levels[level, L_UP_BUF]
         for b in range(batch):
+            pooled = S[b, buf + slot * channels:buf + (slot + 1) * channels]
+            x = W[b, skip:skip + channels]
+            out = W[b, cur:cur + channels]
+            kept = W[b, stage_in:stage_in + channels]
             for h in range(channels):
-                value = S[b, buf + h * stride + slot] + W[b, skip + h]
-                W[b, cur + h] = value
-                W[b, stage_in + h] = value
+                value = pooled[h] + x[h]
+                out[h] = value
+                kept[h] = value
         if slot == stride - 1:  # the coarse output of this step refills the buffer for the next group
             _linear(P, levels[level, L_UP_W], levels[level, L_UP_B], channels * stride, levels[level + 1, L_H],
                     W, coarse, S, buf, batch, False)
