@@ -175,11 +175,16 @@ def export_plan(model: SaShiMi) -> EnginePlan:
             up = backbone.up_stages[depth - 1 - level][0]
             stride = down.stride
             levels[level, L_STRIDE] = stride
-            levels[level, L_DOWN_W] = pack.add(down.linear.weight)          # (H_{l+1}, H_l * s)
+            # The pool buffers are slot-major ([slot * H_l + h]) so a sample is written or read as one
+            # contiguous vector; the pool weights are permuted to match the model's [h * s + slot].
+            inner = down.linear.weight.shape[0]
+            levels[level, L_DOWN_W] = pack.add(                              # (H_{l+1}, s * H_l)
+                down.linear.weight.view(inner, channels, stride).transpose(1, 2).reshape(inner, stride * channels))
             levels[level, L_DOWN_B] = pack.add(down.linear.bias)
-            levels[level, L_DOWN_BUF] = allocate(channels * stride)         # [h * s + slot]
-            levels[level, L_UP_W] = pack.add(up.linear.weight)              # (H_l * s, H_{l+1})
-            levels[level, L_UP_B] = pack.add(up.linear.bias)
+            levels[level, L_DOWN_BUF] = allocate(channels * stride)
+            levels[level, L_UP_W] = pack.add(                                # (s * H_l, H_{l+1})
+                up.linear.weight.view(channels, stride, inner).transpose(0, 1).reshape(stride * channels, inner))
+            levels[level, L_UP_B] = pack.add(up.linear.bias.view(channels, stride).t().reshape(-1))
             levels[level, L_UP_BUF] = allocate(channels * stride)
             stage = list(backbone.up_stages[depth - 1 - level])[1:]
             channels, period = down.linear.weight.shape[0], period * stride
@@ -270,8 +275,7 @@ def sigmoid_array(values: np.ndarray) -> np.ndarray:
 # Every inner loop indexes a unit-stride view with the loop variable: numba's negative-index wraparound
 # on `offset + i` and Python's zero-division checks (error_model="numpy" drops them) block vectorisation.
 JIT = dict(fastmath=FASTMATH, error_model="numpy", cache=True)
-PREFETCH_MIN_INPUTS = 128   # prefetch weight rows ahead for matrices at least this wide (L3-resident)
-PREFETCH_TILES = 2          # how many 4-row tiles ahead
+PREFETCH_TILES = 2          # software prefetch distance in the linear layers, in 4-row tiles
 
 
 @intrinsic
@@ -291,89 +295,133 @@ def _prefetch(typingctx, array, index):
     return signature, codegen
 
 
-@numba.njit(**JIT)
-def _linear(P, w, bias, n_out, n_in, X, x_off, Y, y_off, batch, accumulate):
-    """Y[b, y_off + o] (+)= sum_i Wt[o, i] X[b, x_off + i] + bias[o], Wt = P[w:].reshape(n_out, n_in).
+@numba.njit(**JIT, inline="always")
+def _store4(Y, b, at, bias, o, r0, r1, r2, r3, accumulate):
+    y = Y[b, at:at + 4]
+    if accumulate:
+        y[0] += r0 + bias[o]
+        y[1] += r1 + bias[o + 1]
+        y[2] += r2 + bias[o + 2]
+        y[3] += r3 + bias[o + 3]
+    else:
+        y[0] = r0 + bias[o]
+        y[1] = r1 + bias[o + 1]
+        y[2] = r2 + bias[o + 2]
+        y[3] = r3 + bias[o + 3]
 
-    Register tile of 4 rows x 2 streams: each weight load serves two streams, each input load four
-    rows, and the 4 rows stay in L1 across the batch."""
+
+@numba.njit(**JIT)
+def _linear_stream(P, w, bias, n_out, n_in, X, b, x_off, Y, y_off, accumulate):
+    """One stream: Y[b, y_off + o] (+)= sum_i W[o, i] X[b, x_off + i] + bias[o], 4 rows per tile."""
     weight = P[w:w + n_out * n_in].reshape((n_out, n_in))
     shift = P[bias:bias + n_out]
-    end = w + n_out * n_in
-    prefetching = n_in >= PREFETCH_MIN_INPUTS
+    x = X[b, x_off:x_off + n_in]
+    limit = P.shape[0]
     o = 0
     while o + 4 <= n_out:
-        if prefetching:  # the hardware prefetcher alone leaves L3 bandwidth unused on wide matrices
-            ahead = w + (o + 4 * PREFETCH_TILES) * n_in
-            for k in range(0, min(4 * n_in, end - ahead), 16):
-                _prefetch(P, ahead + k)
+        # Keep a software prefetch stream running ahead of the reads, past the end of this matrix into
+        # whatever is stored next (the parameters are laid out in the order the step uses them).
+        ahead = w + (o + 4 * PREFETCH_TILES) * n_in
+        for k in range(0, min(4 * n_in, limit - ahead), 16):
+            _prefetch(P, ahead + k)
         w0 = weight[o]
         w1 = weight[o + 1]
         w2 = weight[o + 2]
         w3 = weight[o + 3]
-        b = 0
-        while b < batch:
-            pair = b + 1 < batch
-            x = X[b, x_off:x_off + n_in]
-            x2 = X[b + 1 if pair else b, x_off:x_off + n_in]
-            a0 = np.float32(0.0)
-            a1 = np.float32(0.0)
-            a2 = np.float32(0.0)
-            a3 = np.float32(0.0)
-            c0 = np.float32(0.0)
-            c1 = np.float32(0.0)
-            c2 = np.float32(0.0)
-            c3 = np.float32(0.0)
-            if pair:
-                for i in range(n_in):
-                    v = x[i]
-                    v2 = x2[i]
-                    q0 = w0[i]
-                    q1 = w1[i]
-                    q2 = w2[i]
-                    q3 = w3[i]
-                    a0 += q0 * v
-                    a1 += q1 * v
-                    a2 += q2 * v
-                    a3 += q3 * v
-                    c0 += q0 * v2
-                    c1 += q1 * v2
-                    c2 += q2 * v2
-                    c3 += q3 * v2
-            else:
-                for i in range(n_in):
-                    v = x[i]
-                    a0 += w0[i] * v
-                    a1 += w1[i] * v
-                    a2 += w2[i] * v
-                    a3 += w3[i] * v
-            for k in range(2 if pair else 1):
-                y = Y[b + k, y_off + o:y_off + o + 4]
-                r0, r1, r2, r3 = (a0, a1, a2, a3) if k == 0 else (c0, c1, c2, c3)
-                if accumulate:
-                    y[0] += r0 + shift[o]
-                    y[1] += r1 + shift[o + 1]
-                    y[2] += r2 + shift[o + 2]
-                    y[3] += r3 + shift[o + 3]
-                else:
-                    y[0] = r0 + shift[o]
-                    y[1] = r1 + shift[o + 1]
-                    y[2] = r2 + shift[o + 2]
-                    y[3] = r3 + shift[o + 3]
-            b += 2 if pair else 1
+        a0 = np.float32(0.0)
+        a1 = np.float32(0.0)
+        a2 = np.float32(0.0)
+        a3 = np.float32(0.0)
+        for i in range(n_in):
+            v = x[i]
+            a0 += w0[i] * v
+            a1 += w1[i] * v
+            a2 += w2[i] * v
+            a3 += w3[i] * v
+        _store4(Y, b, y_off + o, shift, o, a0, a1, a2, a3, accumulate)
         o += 4
     while o < n_out:
         w0 = weight[o]
-        for b in range(batch):
-            x = X[b, x_off:x_off + n_in]
-            a0 = np.float32(0.0)
-            for i in range(n_in):
-                a0 += w0[i] * x[i]
-            if accumulate:
-                Y[b, y_off + o] += a0 + shift[o]
-            else:
-                Y[b, y_off + o] = a0 + shift[o]
+        a0 = np.float32(0.0)
+        for i in range(n_in):
+            a0 += w0[i] * x[i]
+        if accumulate:
+            Y[b, y_off + o] += a0 + shift[o]
+        else:
+            Y[b, y_off + o] = a0 + shift[o]
         o += 1
+
+
+@numba.njit(**JIT)
+def _linear_pairs(P, w, bias, n_out, n_in, X, b, x_off, Y, y_off, accumulate):
+    """Streams b and b + 1 together: each weight load serves both, each input load four rows."""
+    weight = P[w:w + n_out * n_in].reshape((n_out, n_in))
+    shift = P[bias:bias + n_out]
+    x = X[b, x_off:x_off + n_in]
+    x2 = X[b + 1, x_off:x_off + n_in]
+    limit = P.shape[0]
+    o = 0
+    while o + 4 <= n_out:
+        ahead = w + (o + 4 * PREFETCH_TILES) * n_in
+        for k in range(0, min(4 * n_in, limit - ahead), 16):
+            _prefetch(P, ahead + k)
+        w0 = weight[o]
+        w1 = weight[o + 1]
+        w2 = weight[o + 2]
+        w3 = weight[o + 3]
+        a0 = np.float32(0.0)
+        a1 = np.float32(0.0)
+        a2 = np.float32(0.0)
+        a3 = np.float32(0.0)
+        c0 = np.float32(0.0)
+        c1 = np.float32(0.0)
+        c2 = np.float32(0.0)
+        c3 = np.float32(0.0)
+        for i in range(n_in):
+            v = x[i]
+            v2 = x2[i]
+            q0 = w0[i]
+            q1 = w1[i]
+            q2 = w2[i]
+            q3 = w3[i]
+            a0 += q0 * v
+            a1 += q1 * v
+            a2 += q2 * v
+            a3 += q3 * v
+            c0 += q0 * v2
+            c1 += q1 * v2
+            c2 += q2 * v2
+            c3 += q3 * v2
+        _store4(Y, b, y_off + o, shift, o, a0, a1, a2, a3, accumulate)
+        _store4(Y, b + 1, y_off + o, shift, o, c0, c1, c2, c3, accumulate)
+        o += 4
+    while o < n_out:
+        w0 = weight[o]
+        a0 = np.float32(0.0)
+        c0 = np.float32(0.0)
+        for i in range(n_in):
+            a0 += w0[i] * x[i]
+            c0 += w0[i] * x2[i]
+        if accumulate:
+            Y[b, y_off + o] += a0 + shift[o]
+            Y[b + 1, y_off + o] += c0 + shift[o]
+        else:
+            Y[b, y_off + o] = a0 + shift[o]
+            Y[b + 1, y_off + o] = c0 + shift[o]
+        o += 1
+
+
+@numba.njit(**JIT)
+def _linear(P, w, bias, n_out, n_in, X, x_off, Y, y_off, batch, accumulate):
+    """Y[b, y_off + o] (+)= sum_i W[o, i] X[b, x_off + i] + bias[o] for every stream b,
+    W = P[w:].reshape(n_out, n_in): streams in pairs, then the odd one. (The two loop nests live in
+    separate functions: in one function LLVM compiles the single-stream loop 3x slower.)"""
+    b = 0
+    while b + 1 < batch:
+        _linear_pairs(P, w, bias, n_out, n_in, X, b, x_off, Y, y_off, accumulate)
+        b += 2
+    if b < batch:
+        _linear_stream(P, w, bias, n_out, n_in, X, b, x_off, Y, y_off, accumulate)
 
 
 @numba.njit(**JIT)
@@ -426,6 +474,114 @@ def _glu_add(W, a_off, channels, out_off, batch):
 
 
 @numba.njit(**JIT)
+def _ssm_stream(m, dskip, n2, channels, rank1, W, b, z_off, y_off, s_off, S, mem_off, limit_prefetch, P, off):
+    """One stream of `_ssm`."""
+    block = channels * n2
+    xr = S[b, mem_off:mem_off + block]
+    xi = S[b, mem_off + block:mem_off + 2 * block]
+    u = W[b, z_off:z_off + channels]
+    s = W[b, s_off:s_off + channels]
+    y = W[b, y_off:y_off + channels]
+    for h in range(channels):
+        s[h] = 0.0
+        y[h] = dskip[h] * u[h]
+    if rank1:
+        for n in range(n2):
+            mr = m[n, 0]
+            mi = m[n, 1]
+            base = n * channels
+            for h in range(channels):
+                s[h] += mr[h] * xr[base + h] - mi[h] * xi[base + h]
+    for n in range(n2):
+        ahead = off + (n + 1) * 10 * channels  # the next state index, then what follows the matrices
+        for k in range(0, min(10 * channels, limit_prefetch - ahead), 16):
+            _prefetch(P, ahead + k)
+        fr = m[n, 2]
+        fi = m[n, 3]
+        gr = m[n, 4]
+        gi = m[n, 5]
+        pr = m[n, 6]
+        pi = m[n, 7]
+        cr = m[n, 8]
+        ci = m[n, 9]
+        base = n * channels
+        for h in range(channels):
+            j = base + h
+            ar = xr[j]
+            ai = xi[j]
+            sv = s[h]
+            uv = u[h]
+            nr = fr[h] * ar - fi[h] * ai - pr[h] * sv + gr[h] * uv
+            ni = fr[h] * ai + fi[h] * ar - pi[h] * sv + gi[h] * uv
+            xr[j] = nr
+            xi[j] = ni
+            y[h] += cr[h] * nr - ci[h] * ni
+
+
+@numba.njit(**JIT)
+def _ssm_pairs(m, dskip, n2, channels, rank1, W, b, z_off, y_off, s_off, S, mem_off, limit_prefetch, P, off):
+    """Streams b and b + 1 of `_ssm`: each load of the matrices serves both."""
+    block = channels * n2
+    c = b + 1
+    xr = S[b, mem_off:mem_off + block]
+    xi = S[b, mem_off + block:mem_off + 2 * block]
+    u = W[b, z_off:z_off + channels]
+    s = W[b, s_off:s_off + channels]
+    y = W[b, y_off:y_off + channels]
+    xr2 = S[c, mem_off:mem_off + block]
+    xi2 = S[c, mem_off + block:mem_off + 2 * block]
+    u2 = W[c, z_off:z_off + channels]
+    s2 = W[c, s_off:s_off + channels]
+    y2 = W[c, y_off:y_off + channels]
+    for h in range(channels):
+        s[h] = 0.0
+        y[h] = dskip[h] * u[h]
+        s2[h] = 0.0
+        y2[h] = dskip[h] * u2[h]
+    if rank1:
+        for n in range(n2):
+            mr = m[n, 0]
+            mi = m[n, 1]
+            base = n * channels
+            for h in range(channels):
+                s[h] += mr[h] * xr[base + h] - mi[h] * xi[base + h]
+                s2[h] += mr[h] * xr2[base + h] - mi[h] * xi2[base + h]
+    for n in range(n2):
+        ahead = off + (n + 1) * 10 * channels
+        for k in range(0, min(10 * channels, limit_prefetch - ahead), 16):
+            _prefetch(P, ahead + k)
+        fr = m[n, 2]
+        fi = m[n, 3]
+        gr = m[n, 4]
+        gi = m[n, 5]
+        pr = m[n, 6]
+        pi = m[n, 7]
+        cr = m[n, 8]
+        ci = m[n, 9]
+        base = n * channels
+        for h in range(channels):
+            j = base + h
+            ar = xr[j]
+            ai = xi[j]
+            sv = s[h]
+            uv = u[h]
+            nr = fr[h] * ar - fi[h] * ai - pr[h] * sv + gr[h] * uv
+            ni = fr[h] * ai + fi[h] * ar - pi[h] * sv + gi[h] * uv
+            xr[j] = nr
+            xi[j] = ni
+            y[h] += cr[h] * nr - ci[h] * ni
+            ar = xr2[j]
+            ai = xi2[j]
+            sv = s2[h]
+            uv = u2[h]
+            nr = fr[h] * ar - fi[h] * ai - pr[h] * sv + gr[h] * uv
+            ni = fr[h] * ai + fi[h] * ar - pi[h] * sv + gi[h] * uv
+            xr2[j] = nr
+            xi2[j] = ni
+            y2[h] += cr[h] * nr - ci[h] * ni
+
+
+@numba.njit(**JIT)
 def _ssm(P, off, n2, channels, rank1, d_off, W, z_off, y_off, s_off, S, mem_off, batch):
     """W[b, y + h] = Re(C.x') + D u for u = W[b, z + h], advancing the memory x of every (b, h).
 
@@ -433,77 +589,15 @@ def _ssm(P, off, n2, channels, rank1, d_off, W, z_off, y_off, s_off, S, mem_off,
     Cr, Ci, so the inner loops run over channels and each n reads one contiguous piece; a stream's
     memory is Re (n2, channels) then Im (n2, channels) at S[b, mem_off:]. W[b, s_off:] is scratch
     for s = Re(M.x). Streams go in pairs so that each load of the matrices serves two."""
-    block = channels * n2
-    m = P[off:off + 10 * block].reshape((n2, 10, channels))
+    m = P[off:off + 10 * channels * n2].reshape((n2, 10, channels))
     dskip = P[d_off:d_off + channels]
+    limit = P.shape[0]
     b = 0
-    while b < batch:
-        pair = b + 1 < batch
-        c = b + 1 if pair else b
-        xr = S[b, mem_off:mem_off + block]
-        xi = S[b, mem_off + block:mem_off + 2 * block]
-        u = W[b, z_off:z_off + channels]
-        s = W[b, s_off:s_off + channels]
-        y = W[b, y_off:y_off + channels]
-        xr2 = S[c, mem_off:mem_off + block]
-        xi2 = S[c, mem_off + block:mem_off + 2 * block]
-        u2 = W[c, z_off:z_off + channels]
-        s2 = W[c, s_off:s_off + channels]
-        y2 = W[c, y_off:y_off + channels]
-        for h in range(channels):
-            s[h] = 0.0
-            y[h] = dskip[h] * u[h]
-            s2[h] = 0.0
-            y2[h] = dskip[h] * u2[h]
-        if rank1:
-            for n in range(n2):
-                mr = m[n, 0]
-                mi = m[n, 1]
-                base = n * channels
-                if pair:
-                    for h in range(channels):
-                        s[h] += mr[h] * xr[base + h] - mi[h] * xi[base + h]
-                        s2[h] += mr[h] * xr2[base + h] - mi[h] * xi2[base + h]
-                else:
-                    for h in range(channels):
-                        s[h] += mr[h] * xr[base + h] - mi[h] * xi[base + h]
-        for n in range(n2):
-            if n + 1 < n2:
-                for k in range(0, 10 * channels, 16):
-                    _prefetch(P, off + (n + 1) * 10 * channels + k)
-            fr = m[n, 2]
-            fi = m[n, 3]
-            gr = m[n, 4]
-            gi = m[n, 5]
-            pr = m[n, 6]
-            pi = m[n, 7]
-            cr = m[n, 8]
-            ci = m[n, 9]
-            base = n * channels
-            for h in range(channels):
-                j = base + h
-                ar = xr[j]
-                ai = xi[j]
-                sv = s[h]
-                uv = u[h]
-                nr = fr[h] * ar - fi[h] * ai - pr[h] * sv + gr[h] * uv
-                ni = fr[h] * ai + fi[h] * ar - pi[h] * sv + gi[h] * uv
-                xr[j] = nr
-                xi[j] = ni
-                y[h] += cr[h] * nr - ci[h] * ni
-            if pair:
-                for h in range(channels):
-                    j = base + h
-                    ar = xr2[j]
-                    ai = xi2[j]
-                    sv = s2[h]
-                    uv = u2[h]
-                    nr = fr[h] * ar - fi[h] * ai - pr[h] * sv + gr[h] * uv
-                    ni = fr[h] * ai + fi[h] * ar - pi[h] * sv + gi[h] * uv
-                    xr2[j] = nr
-                    xi2[j] = ni
-                    y2[h] += cr[h] * nr - ci[h] * ni
-        b += 2 if pair else 1
+    while b + 1 < batch:
+        _ssm_pairs(m, dskip, n2, channels, rank1, W, b, z_off, y_off, s_off, S, mem_off, limit, P, off)
+        b += 2
+    if b < batch:
+        _ssm_stream(m, dskip, n2, channels, rank1, W, b, z_off, y_off, s_off, S, mem_off, limit, P, off)
 
 
 @numba.njit(**JIT)
@@ -565,8 +659,10 @@ def _network_step(P, levels, blocks, head, norm_eps, S, position, tokens, W, bat
         skip = levels[level, L_SKIP]
         buf = levels[level, L_DOWN_BUF]
         for b in range(batch):
+            x = W[b, skip:skip + channels]
+            out = S[b, buf + slot * channels:buf + (slot + 1) * channels]
             for h in range(channels):
-                S[b, buf + h * stride + slot] = W[b, skip + h]
+                out[h] = x[h]
         if slot != stride - 1:
             break
         _linear(P, levels[level, L_DOWN_W], levels[level, L_DOWN_B], levels[level + 1, L_H], channels * stride,
@@ -592,10 +688,14 @@ def _network_step(P, levels, blocks, head, norm_eps, S, position, tokens, W, bat
         skip = levels[level, L_SKIP]
         buf = levels[level, L_UP_BUF]
         for b in range(batch):
+            pooled = S[b, buf + slot * channels:buf + (slot + 1) * channels]
+            x = W[b, skip:skip + channels]
+            out = W[b, cur:cur + channels]
+            kept = W[b, stage_in:stage_in + channels]
             for h in range(channels):
-                value = S[b, buf + h * stride + slot] + W[b, skip + h]
-                W[b, cur + h] = value
-                W[b, stage_in + h] = value
+                value = pooled[h] + x[h]
+                out[h] = value
+                kept[h] = value
         if slot == stride - 1:  # the coarse output of this step refills the buffer for the next group
             _linear(P, levels[level, L_UP_W], levels[level, L_UP_B], channels * stride, levels[level + 1, L_H],
                     W, coarse, S, buf, batch, False)

@@ -176,8 +176,8 @@ class TensorEngine:
             level = self.levels[index]
             slot = (phase // level.period) % level.stride
             size = level.channels * level.stride
-            buffer = memory[:, level.down_buffer:level.down_buffer + size].view(batch, level.channels, level.stride)
-            buffer[:, :, slot] = skips[index]
+            buffer = memory[:, level.down_buffer:level.down_buffer + size].view(batch, level.stride, level.channels)
+            buffer[:, slot] = skips[index]  # slot-major, like the exported pool weights
             if slot != level.stride - 1:
                 break
             skips.append(F.linear(buffer.reshape(batch, size), *level.down))
@@ -189,10 +189,10 @@ class TensorEngine:
             level = self.levels[index]
             slot = (phase // level.period) % level.stride
             size = level.channels * level.stride
-            buffer = memory[:, level.up_buffer:level.up_buffer + size].view(batch, level.channels, level.stride)
-            x = buffer[:, :, slot] + skips[index]
+            buffer = memory[:, level.up_buffer:level.up_buffer + size].view(batch, level.stride, level.channels)
+            x = buffer[:, slot] + skips[index]
             if slot == level.stride - 1:
-                buffer.copy_(F.linear(coarse, *level.up).view(batch, level.channels, level.stride))
+                buffer.copy_(F.linear(coarse, *level.up).view(batch, level.stride, level.channels))
             coarse = self._blocks(level.blocks, x, memory) + x
         x = F.layer_norm(coarse, (self.d0,), *self.final)
         return F.linear(x, *self.decoder)
