@@ -182,11 +182,15 @@ def prompt_from_file(path: str | Path, audio: AudioFormat, total_pool: int, seco
     try:
         info = read_info(path)
         blocks, have = [], 0
-        for block in iter_audio(path, audio.sample_rate):  # decode only as far as needed
-            blocks.append(block)
-            have += len(block)
-            if have >= start + wanted:
-                break
+        stream = iter_audio(path, audio.sample_rate)
+        try:
+            for block in stream:  # decode only as far as needed
+                blocks.append(block)
+                have += len(block)
+                if have >= start + wanted:
+                    break
+        finally:
+            stream.close()  # closes the file now, not when the generator is collected
     except UnusableAudioError as error:
         raise GenerationError(f"prompt {path} cannot be used: {error}; pass another file or prompt=none") from error
     samples = np.concatenate(blocks) if blocks else np.zeros(0, np.float32)
