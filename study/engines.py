@@ -82,10 +82,12 @@ class StepEngine:
                 return np.zeros((batch, 0), dtype)
             return torch.stack(values, 1).cpu().numpy()
 
+        logits = None
+        if keep_logits:
+            logits = (torch.stack(logits_all, 1).cpu().numpy() if logits_all
+                      else np.zeros((batch, 0, self.model.config.n_classes), np.float32))
         return StepOutputs(stacked(tokens, np.int64), stacked(logp_model, np.float64),
-                           stacked(logp_sample, np.float64),
-                           (torch.stack(logits_all, 1).cpu().numpy() if logits_all
-                            else np.zeros((batch, 0, self.model.config.n_classes), np.float32)) if keep_logits else None)
+                           stacked(logp_sample, np.float64), logits)
 
 
 def resolve_device(device: str) -> torch.device:
