@@ -124,5 +124,7 @@ def describe(engine) -> str:
         return f"backend numba: fused CPU loop over all layers and the sampler (threads: {threads})"
     if isinstance(engine, TensorEngine):
         mode = "captured in CUDA graphs, one replay per pooling period" if engine.use_graphs else "eager"
+        if engine.capture_error:
+            mode += f" (CUDA graph capture failed: {engine.capture_error})"
         return f"backend graph: static-shape tensor step on {engine.device}, {mode}"
     return f"backend step: SaShiMi.step from a Python loop on {engine.device} (the reference path)"

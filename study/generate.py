@@ -537,7 +537,7 @@ class Generator:
                               if isinstance(self.payload.get(key), (int, float))},
                            "experiment": config.get("name")},
             "audio": {**asdict(self.audio), "wav_subtype": WAV_SUBTYPE},
-            "backend": self.backend,
+            "backend": describe(self.engine),  # after the run: says if CUDA graph capture failed
             "device": str(self.device),
             "prompts": prompts_record,
             "continuations": continuations_record,
@@ -662,7 +662,7 @@ def run(config: GenerateConfig) -> Path:
         raise
     summary = [f"wrote {len(result.continuations)} continuation{'s' if len(result.continuations) != 1 else ''} "
                f"of {config.seconds:g} s to {path}",
-               f"  {generator.backend}",
+               f"  {describe(generator.engine)}",
                f"  speed: {result.timings['real_time_factor_per_stream']:.2f}x real time per stream, "
                f"{result.timings['real_time_factor_summed']:.2f}x summed over streams",
                "  ranking (mean model log-likelihood, nats/sample):"]
