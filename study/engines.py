@@ -82,10 +82,12 @@ class StepEngine:
                 return np.zeros((batch, 0), dtype)
             return torch.stack(values, 1).cpu().numpy()
 
+        logits = None
+        if keep_logits:
+            logits = (torch.stack(logits_all, 1).cpu().numpy() if logits_all
+                      else np.zeros((batch, 0, self.model.config.n_classes), np.float32))
         return StepOutputs(stacked(tokens, np.int64), stacked(logp_model, np.float64),
-                           stacked(logp_sample, np.float64),
-                           (torch.stack(logits_all, 1).cpu().numpy() if logits_all
-                            else np.zeros((batch, 0, self.model.config.n_classes), np.float32)) if keep_logits else None)
+                           stacked(logp_sample, np.float64), logits)
 
 
 def resolve_device(device: str) -> torch.device:
@@ -122,5 +124,7 @@ def describe(engine) -> str:
         return f"backend numba: fused CPU loop over all layers and the sampler (threads: {threads})"
     if isinstance(engine, TensorEngine):
         mode = "captured in CUDA graphs, one replay per pooling period" if engine.use_graphs else "eager"
+        if engine.capture_error:
+            mode += f" (CUDA graph capture failed: {engine.capture_error})"
         return f"backend graph: static-shape tensor step on {engine.device}, {mode}"
     return f"backend step: SaShiMi.step from a Python loop on {engine.device} (the reference path)"

@@ -182,11 +182,15 @@ def prompt_from_file(path: str | Path, audio: AudioFormat, total_pool: int, seco
     try:
         info = read_info(path)
         blocks, have = [], 0
-        for block in iter_audio(path, audio.sample_rate):  # decode only as far as needed
-            blocks.append(block)
-            have += len(block)
-            if have >= start + wanted:
-                break
+        stream = iter_audio(path, audio.sample_rate)
+        try:
+            for block in stream:  # decode only as far as needed
+                blocks.append(block)
+                have += len(block)
+                if have >= start + wanted:
+                    break
+        finally:
+            stream.close()  # closes the file now, not when the generator is collected
     except UnusableAudioError as error:
         raise GenerationError(f"prompt {path} cannot be used: {error}; pass another file or prompt=none") from error
     samples = np.concatenate(blocks) if blocks else np.zeros(0, np.float32)
@@ -534,7 +538,7 @@ class Generator:
                               if isinstance(self.payload.get(key), (int, float))},
                            "experiment": config.get("name")},
             "audio": {**asdict(self.audio), "wav_subtype": WAV_SUBTYPE},
-            "backend": self.backend,
+            "backend": describe(self.engine),  # after the run: says if CUDA graph capture failed
             "device": str(self.device),
             "prompts": prompts_record,
             "continuations": continuations_record,
@@ -659,7 +663,7 @@ def run(config: GenerateConfig) -> Path:
         raise
     summary = [f"wrote {len(result.continuations)} continuation{'s' if len(result.continuations) != 1 else ''} "
                f"of {config.seconds:g} s to {path}",
-               f"  {generator.backend}",
+               f"  {describe(generator.engine)}",
                f"  speed: {result.timings['real_time_factor_per_stream']:.2f}x real time per stream, "
                f"{result.timings['real_time_factor_summed']:.2f}x summed over streams",
                "  ranking (mean model log-likelihood, nats/sample):"]

@@ -6,6 +6,7 @@ sample. On a CPU the same tensor step runs eagerly (that is what the tests compa
 It reads the weights exported by `fast_step.export_plan` and never changes the model.
 """
 
+import logging
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -15,6 +16,7 @@ import torch.nn.functional as F
 from study import fast_step as fs
 from study.sampling import SamplingSettings, log_softmax_at, sample, uniforms
 
+log = logging.getLogger(__name__)
 
 @dataclass
 class _Block:
@@ -120,6 +122,7 @@ class TensorEngine:
                                       int(row[fs.L_UP_BUF]),
                                       [block(i) for i in range(int(row[fs.L_FIRST]), int(row[fs.L_END]))]))
         self._static: dict[tuple, _Static] = {}
+        self.capture_error: str | None = None
 
     # -- state --------------------------------------------------------------------------------------
     def new_state(self, batch_size: int) -> TensorState:
@@ -253,7 +256,13 @@ class TensorEngine:
         period = self.total_pool
         static = self._statics(batch, sampling)
         if self.use_graphs and static.graph is None:
-            self._capture(static, sampling)
+            try:
+                self._capture(static, sampling)
+            except RuntimeError as error:  # said loudly, once: the same step then runs eagerly
+                self.use_graphs = False
+                self.capture_error = str(error).strip().splitlines()[0][:300]
+                log.warning("CUDA graph capture failed (%s); the tensor step runs eagerly on %s, much slower",
+                            self.capture_error, self.device)
         device = self.device
         u_all = torch.from_numpy(uniforms(keys, counter, steps)).to(device)
         forced_all = torch.from_numpy(np.ascontiguousarray(forced, dtype=np.int64)).to(device)

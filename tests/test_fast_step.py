@@ -8,7 +8,8 @@ import torch
 
 from study import fast_step as fs
 from study.engines import StepEngine, make_engine
-from study.fast_step import FastEngine, export_plan, gelu_array, sigmoid_array, ssm_matrices
+from study.fast_kernels import gelu_array, sigmoid_array
+from study.fast_step import FastEngine, export_plan, ssm_matrices
 from study.graph_step import TensorEngine
 from study.s4 import DPLRKernel
 from study.sampling import SamplingSettings, sample, stream_keys, uniforms

@@ -1,0 +1,407 @@
+"""Vectorised numba kernels of the CPU generation engine: linear layers, the S4 step, norms, GELU, GLU.
+
+Each works on a batch of streams held in float32 rows and is checked through `fast_step` against the
+model; they never allocate inside their loops and never call libm in a loop they mean to vectorise.
+"""
+
+import math
+
+import numba
+import numpy as np
+from llvmlite import ir
+from numba import types
+from numba.extending import intrinsic
+
+# Reassociation lets LLVM vectorise the reductions; inf/nan semantics stay IEEE (log p may be -inf).
+FASTMATH = {"nsz", "arcp", "contract", "reassoc"}
+NORM_TRANSPOSED, NORM_LAYER = 0, 1
+
+# -- vectorisable nonlinearities ----------------------------------------------------------------------
+# Rational fits x P(x^2) / Q(x^2) (Lawson-reweighted least squares on Chebyshev nodes, evaluated in
+# float64): erf on [0, 4] to 2e-9, tanh on [0, 9] to 3e-8 absolute. Outside, erf and tanh are +-1 to
+# within those errors. Pure arithmetic, so LLVM vectorises them (libm erf / exp calls do not).
+ERF_P = (1.1283791821114617, 0.18471053551529165, 0.054332630257103685, 0.003839538006029675,
+         0.00038269278277401294, 4.7805485246383194e-06, -1.3666837779972386e-08)
+ERF_Q = (1.0, 0.49702899548216795, 0.1138263935459657, 0.01545353551060801, 0.0013095816140495141,
+         6.400936175923153e-05)
+TANH_P = (0.9999999998814515, 0.13747525541954028, 0.003953397791569467, 2.9747297477417203e-05,
+          3.487168551634959e-08, -1.5481203906968588e-11)
+TANH_Q = (1.0, 0.47080858800735875, 0.02755626168767085, 0.00040894240241529735, 1.4102671377539144e-06)
+INV_SQRT2 = 0.7071067811865476
+
+
+@numba.njit(fastmath=FASTMATH, inline="always")
+def erf_approx(x: float) -> float:
+    z = min(max(x, -4.0), 4.0)
+    t = z * z
+    p = ((((((ERF_P[6] * t + ERF_P[5]) * t + ERF_P[4]) * t + ERF_P[3]) * t + ERF_P[2]) * t + ERF_P[1]) * t
+         + ERF_P[0])
+    q = (((((ERF_Q[5] * t + ERF_Q[4]) * t + ERF_Q[3]) * t + ERF_Q[2]) * t + ERF_Q[1]) * t + ERF_Q[0])
+    return z * p / q
+
+
+@numba.njit(fastmath=FASTMATH, inline="always")
+def tanh_approx(x: float) -> float:
+    z = min(max(x, -9.0), 9.0)
+    t = z * z
+    p = (((((TANH_P[5] * t + TANH_P[4]) * t + TANH_P[3]) * t + TANH_P[2]) * t + TANH_P[1]) * t + TANH_P[0])
+    q = ((((TANH_Q[4] * t + TANH_Q[3]) * t + TANH_Q[2]) * t + TANH_Q[1]) * t + TANH_Q[0])
+    return z * p / q
+
+
+@numba.njit(fastmath=FASTMATH, cache=True)
+def gelu_array(values: np.ndarray) -> np.ndarray:
+    """Exact-form GELU 0.5 x (1 + erf(x / sqrt 2)) of a float32 array (for tests)."""
+    out = np.empty_like(values)
+    for i in range(values.size):
+        x = np.float64(values[i])
+        out[i] = 0.5 * x * (1.0 + erf_approx(x * INV_SQRT2))
+    return out
+
+
+@numba.njit(fastmath=FASTMATH, cache=True)
+def sigmoid_array(values: np.ndarray) -> np.ndarray:
+    """sigmoid(x) = (1 + tanh(x / 2)) / 2 of a float32 array (for tests)."""
+    out = np.empty_like(values)
+    for i in range(values.size):
+        out[i] = 0.5 + 0.5 * tanh_approx(0.5 * np.float64(values[i]))
+    return out
+
+
+# -- batched building blocks --------------------------------------------------------------------------
+# W (batch, work) and S (batch, state_size) are float32 rows per stream; P is the flat parameter array.
+# Every inner loop indexes a unit-stride view with the loop variable: numba's negative-index wraparound
+# on `offset + i` and Python's zero-division checks (error_model="numpy" drops them) block vectorisation.
+JIT = dict(fastmath=FASTMATH, error_model="numpy", cache=True)
+PREFETCH_TILES = 2          # software prefetch distance in the linear layers, in 4-row tiles
+
+
+@intrinsic
+def prefetch(typingctx, array, index):
+    """llvm.prefetch(&array[index], read, keep in all cache levels): starts a cache-line load early."""
+    signature = types.void(array, index)
+
+    def codegen(context, builder, sig, args):
+        data = context.make_array(sig.args[0])(context, builder, args[0]).data
+        address = builder.bitcast(builder.gep(data, [args[1]]), ir.IntType(8).as_pointer())
+        int32 = ir.IntType(32)
+        function = builder.module.declare_intrinsic(
+            "llvm.prefetch", (), ir.FunctionType(ir.VoidType(), [address.type, int32, int32, int32]))
+        builder.call(function, [address, ir.Constant(int32, 0), ir.Constant(int32, 3), ir.Constant(int32, 1)])
+        return context.get_dummy_value()
+
+    return signature, codegen
+
+
+@numba.njit(**JIT, inline="always")
+def _store4(Y, b, at, bias, o, r0, r1, r2, r3, accumulate):
+    y = Y[b, at:at + 4]
+    if accumulate:
+        y[0] += r0 + bias[o]
+        y[1] += r1 + bias[o + 1]
+        y[2] += r2 + bias[o + 2]
+        y[3] += r3 + bias[o + 3]
+    else:
+        y[0] = r0 + bias[o]
+        y[1] = r1 + bias[o + 1]
+        y[2] = r2 + bias[o + 2]
+        y[3] = r3 + bias[o + 3]
+
+
+@numba.njit(**JIT)
+def _linear_stream(P, w, bias, n_out, n_in, X, b, x_off, Y, y_off, accumulate):
+    """One stream: Y[b, y_off + o] (+)= sum_i W[o, i] X[b, x_off + i] + bias[o], 4 rows per tile."""
+    weight = P[w:w + n_out * n_in].reshape((n_out, n_in))
+    shift = P[bias:bias + n_out]
+    x = X[b, x_off:x_off + n_in]
+    limit = P.shape[0]
+    o = 0
+    while o + 4 <= n_out:
+        # Keep a software prefetch stream running ahead of the reads, past the end of this matrix into
+        # whatever is stored next (the parameters are laid out in the order the step uses them).
+        ahead = w + (o + 4 * PREFETCH_TILES) * n_in
+        for k in range(0, min(4 * n_in, limit - ahead), 16):
+            prefetch(P, ahead + k)
+        w0 = weight[o]
+        w1 = weight[o + 1]
+        w2 = weight[o + 2]
+        w3 = weight[o + 3]
+        a0 = np.float32(0.0)
+        a1 = np.float32(0.0)
+        a2 = np.float32(0.0)
+        a3 = np.float32(0.0)
+        for i in range(n_in):
+            v = x[i]
+            a0 += w0[i] * v
+            a1 += w1[i] * v
+            a2 += w2[i] * v
+            a3 += w3[i] * v
+        _store4(Y, b, y_off + o, shift, o, a0, a1, a2, a3, accumulate)
+        o += 4
+    while o < n_out:
+        w0 = weight[o]
+        a0 = np.float32(0.0)
+        for i in range(n_in):
+            a0 += w0[i] * x[i]
+        if accumulate:
+            Y[b, y_off + o] += a0 + shift[o]
+        else:
+            Y[b, y_off + o] = a0 + shift[o]
+        o += 1
+
+
+@numba.njit(**JIT)
+def _linear_pairs(P, w, bias, n_out, n_in, X, b, x_off, Y, y_off, accumulate):
+    """Streams b and b + 1 together: each weight load serves both, each input load four rows."""
+    weight = P[w:w + n_out * n_in].reshape((n_out, n_in))
+    shift = P[bias:bias + n_out]
+    x = X[b, x_off:x_off + n_in]
+    x2 = X[b + 1, x_off:x_off + n_in]
+    limit = P.shape[0]
+    o = 0
+    while o + 4 <= n_out:
+        ahead = w + (o + 4 * PREFETCH_TILES) * n_in
+        for k in range(0, min(4 * n_in, limit - ahead), 16):
+            prefetch(P, ahead + k)
+        w0 = weight[o]
+        w1 = weight[o + 1]
+        w2 = weight[o + 2]
+        w3 = weight[o + 3]
+        a0 = np.float32(0.0)
+        a1 = np.float32(0.0)
+        a2 = np.float32(0.0)
+        a3 = np.float32(0.0)
+        c0 = np.float32(0.0)
+        c1 = np.float32(0.0)
+        c2 = np.float32(0.0)
+        c3 = np.float32(0.0)
+        for i in range(n_in):
+            v = x[i]
+            v2 = x2[i]
+            q0 = w0[i]
+            q1 = w1[i]
+            q2 = w2[i]
+            q3 = w3[i]
+            a0 += q0 * v
+            a1 += q1 * v
+            a2 += q2 * v
+            a3 += q3 * v
+            c0 += q0 * v2
+            c1 += q1 * v2
+            c2 += q2 * v2
+            c3 += q3 * v2
+        _store4(Y, b, y_off + o, shift, o, a0, a1, a2, a3, accumulate)
+        _store4(Y, b + 1, y_off + o, shift, o, c0, c1, c2, c3, accumulate)
+        o += 4
+    while o < n_out:
+        w0 = weight[o]
+        a0 = np.float32(0.0)
+        c0 = np.float32(0.0)
+        for i in range(n_in):
+            a0 += w0[i] * x[i]
+            c0 += w0[i] * x2[i]
+        if accumulate:
+            Y[b, y_off + o] += a0 + shift[o]
+            Y[b + 1, y_off + o] += c0 + shift[o]
+        else:
+            Y[b, y_off + o] = a0 + shift[o]
+            Y[b + 1, y_off + o] = c0 + shift[o]
+        o += 1
+
+
+@numba.njit(**JIT)
+def linear(P, w, bias, n_out, n_in, X, x_off, Y, y_off, batch, accumulate):
+    """Y[b, y_off + o] (+)= sum_i W[o, i] X[b, x_off + i] + bias[o] for every stream b,
+    W = P[w:].reshape(n_out, n_in): streams in pairs, then the odd one. (The two loop nests live in
+    separate functions: in one function LLVM compiles the single-stream loop 3x slower.)"""
+    b = 0
+    while b + 1 < batch:
+        _linear_pairs(P, w, bias, n_out, n_in, X, b, x_off, Y, y_off, accumulate)
+        b += 2
+    if b < batch:
+        _linear_stream(P, w, bias, n_out, n_in, X, b, x_off, Y, y_off, accumulate)
+
+
+@numba.njit(**JIT)
+def channel_norm(P, kind, off, eps, channels, W, x_off, z_off, batch):
+    """W[b, z] = norm(W[b, x]). Transposed: s / std (x - mean + m), biased std, no eps;
+    layer: (x - mean) / sqrt(var + eps) w + b."""
+    for b in range(batch):
+        x = W[b, x_off:x_off + channels]
+        z = W[b, z_off:z_off + channels]
+        mean = np.float32(0.0)
+        for i in range(channels):
+            mean += x[i]
+        mean = mean / np.float32(channels)
+        var = np.float32(0.0)
+        for i in range(channels):
+            d = x[i] - mean
+            var += d * d
+        var = var / np.float32(channels)
+        if kind == NORM_TRANSPOSED:
+            scale = P[off + 1] / np.float32(math.sqrt(var))
+            shift = P[off] - mean
+            for i in range(channels):
+                z[i] = scale * (x[i] + shift)
+        else:
+            inv = np.float32(1.0 / math.sqrt(var + eps))
+            weight = P[off:off + channels]
+            bias = P[off + channels:off + 2 * channels]
+            for i in range(channels):
+                z[i] = (x[i] - mean) * inv * weight[i] + bias[i]
+
+
+@numba.njit(**JIT)
+def gelu_rows(W, off, n, batch):
+    for b in range(batch):
+        x = W[b, off:off + n]
+        for i in range(n):
+            v = np.float64(x[i])
+            x[i] = 0.5 * v * (1.0 + erf_approx(v * INV_SQRT2))
+
+
+@numba.njit(**JIT)
+def glu_add(W, a_off, channels, out_off, batch):
+    """W[b, out] += a * sigmoid(g), (a, g) = the two halves of W[b, a_off:a_off + 2 channels]."""
+    for b in range(batch):
+        a = W[b, a_off:a_off + channels]
+        g = W[b, a_off + channels:a_off + 2 * channels]
+        out = W[b, out_off:out_off + channels]
+        for i in range(channels):
+            out[i] += a[i] * np.float32(0.5 + 0.5 * tanh_approx(0.5 * np.float64(g[i])))
+
+
+@numba.njit(**JIT)
+def _ssm_stream(m, dskip, n2, channels, rank1, W, b, z_off, y_off, s_off, S, mem_off, limit_prefetch, P, off):
+    """One stream of `_ssm`."""
+    block = channels * n2
+    xr = S[b, mem_off:mem_off + block]
+    xi = S[b, mem_off + block:mem_off + 2 * block]
+    u = W[b, z_off:z_off + channels]
+    s = W[b, s_off:s_off + channels]
+    y = W[b, y_off:y_off + channels]
+    for h in range(channels):
+        s[h] = 0.0
+        y[h] = dskip[h] * u[h]
+    if rank1:
+        for n in range(n2):
+            mr = m[n, 0]
+            mi = m[n, 1]
+            base = n * channels
+            for h in range(channels):
+                s[h] += mr[h] * xr[base + h] - mi[h] * xi[base + h]
+    for n in range(n2):
+        ahead = off + (n + 1) * 10 * channels  # the next state index, then what follows the matrices
+        for k in range(0, min(10 * channels, limit_prefetch - ahead), 16):
+            prefetch(P, ahead + k)
+        fr = m[n, 2]
+        fi = m[n, 3]
+        gr = m[n, 4]
+        gi = m[n, 5]
+        pr = m[n, 6]
+        pi = m[n, 7]
+        cr = m[n, 8]
+        ci = m[n, 9]
+        base = n * channels
+        for h in range(channels):
+            j = base + h
+            ar = xr[j]
+            ai = xi[j]
+            sv = s[h]
+            uv = u[h]
+            nr = fr[h] * ar - fi[h] * ai - pr[h] * sv + gr[h] * uv
+            ni = fr[h] * ai + fi[h] * ar - pi[h] * sv + gi[h] * uv
+            xr[j] = nr
+            xi[j] = ni
+            y[h] += cr[h] * nr - ci[h] * ni
+
+
+@numba.njit(**JIT)
+def _ssm_pairs(m, dskip, n2, channels, rank1, W, b, z_off, y_off, s_off, S, mem_off, limit_prefetch, P, off):
+    """Streams b and b + 1 of `_ssm`: each load of the matrices serves both."""
+    block = channels * n2
+    c = b + 1
+    xr = S[b, mem_off:mem_off + block]
+    xi = S[b, mem_off + block:mem_off + 2 * block]
+    u = W[b, z_off:z_off + channels]
+    s = W[b, s_off:s_off + channels]
+    y = W[b, y_off:y_off + channels]
+    xr2 = S[c, mem_off:mem_off + block]
+    xi2 = S[c, mem_off + block:mem_off + 2 * block]
+    u2 = W[c, z_off:z_off + channels]
+    s2 = W[c, s_off:s_off + channels]
+    y2 = W[c, y_off:y_off + channels]
+    for h in range(channels):
+        s[h] = 0.0
+        y[h] = dskip[h] * u[h]
+        s2[h] = 0.0
+        y2[h] = dskip[h] * u2[h]
+    if rank1:
+        for n in range(n2):
+            mr = m[n, 0]
+            mi = m[n, 1]
+            base = n * channels
+            for h in range(channels):
+                s[h] += mr[h] * xr[base + h] - mi[h] * xi[base + h]
+                s2[h] += mr[h] * xr2[base + h] - mi[h] * xi2[base + h]
+    for n in range(n2):
+        ahead = off + (n + 1) * 10 * channels
+        for k in range(0, min(10 * channels, limit_prefetch - ahead), 16):
+            prefetch(P, ahead + k)
+        fr = m[n, 2]
+        fi = m[n, 3]
+        gr = m[n, 4]
+        gi = m[n, 5]
+        pr = m[n, 6]
+        pi = m[n, 7]
+        cr = m[n, 8]
+        ci = m[n, 9]
+        base = n * channels
+        for h in range(channels):
+            j = base + h
+            ar = xr[j]
+            ai = xi[j]
+            sv = s[h]
+            uv = u[h]
+            nr = fr[h] * ar - fi[h] * ai - pr[h] * sv + gr[h] * uv
+            ni = fr[h] * ai + fi[h] * ar - pi[h] * sv + gi[h] * uv
+            xr[j] = nr
+            xi[j] = ni
+            y[h] += cr[h] * nr - ci[h] * ni
+            ar = xr2[j]
+            ai = xi2[j]
+            sv = s2[h]
+            uv = u2[h]
+            nr = fr[h] * ar - fi[h] * ai - pr[h] * sv + gr[h] * uv
+            ni = fr[h] * ai + fi[h] * ar - pi[h] * sv + gi[h] * uv
+            xr2[j] = nr
+            xi2[j] = ni
+            y2[h] += cr[h] * nr - ci[h] * ni
+
+
+@numba.njit(**JIT)
+def ssm_step(P, off, n2, channels, rank1, d_off, W, z_off, y_off, s_off, S, mem_off, batch):
+    """W[b, y + h] = Re(C.x') + D u for u = W[b, z + h], advancing the memory x of every (b, h).
+
+    P[off:] is (n2, 10, channels): for each state index n the rows Mr, Mi, Fr, Fi, Gr, Gi, Gpr, Gpi,
+    Cr, Ci, so the inner loops run over channels and each n reads one contiguous piece; a stream's
+    memory is Re (n2, channels) then Im (n2, channels) at S[b, mem_off:]. W[b, s_off:] is scratch
+    for s = Re(M.x). Streams go in pairs so that each load of the matrices serves two."""
+    m = P[off:off + 10 * channels * n2].reshape((n2, 10, channels))
+    dskip = P[d_off:d_off + channels]
+    limit = P.shape[0]
+    b = 0
+    while b + 1 < batch:
+        _ssm_pairs(m, dskip, n2, channels, rank1, W, b, z_off, y_off, s_off, S, mem_off, limit, P, off)
+        b += 2
+    if b < batch:
+        _ssm_stream(m, dskip, n2, channels, rank1, W, b, z_off, y_off, s_off, S, mem_off, limit, P, off)
+
+
+@numba.njit(**JIT)
+def copy_rows(src, src_off, dst, dst_off, n, batch):
+    for b in range(batch):
+        x = src[b, src_off:src_off + n]
+        y = dst[b, dst_off:dst_off + n]
+        for i in range(n):
+            y[i] = x[i]
