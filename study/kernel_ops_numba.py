@@ -65,14 +65,17 @@ def _cauchy_backward(v_re, v_im, w_re, w_im, z_re, z_im, g_re, g_im, dv_re, dv_i
         e_dif_re = np.empty_like(p)
         for n in range(state):
             wr, wi = w_re[h, n], w_im[h, n]
-            _node_terms(z_re, z_im, wr, wi, p, q, s, t)
-            for k in range(nodes):
+            for k in range(nodes):  # the forward's node terms and the squared reciprocals, in one pass
                 c = z_re[k] - wr
                 a = z_im[k] - wi
                 b = z_im[k] + wi
                 c2 = c * c
                 d1 = 1.0 / (c2 + a * a)
                 d2 = 1.0 / (c2 + b * b)
+                p[k] = c * (d1 + d2)
+                q[k] = a * d1 - b * d2
+                s[k] = c * (d1 - d2)
+                t[k] = a * d1 + b * d2
                 e1r = (c2 - a * a) * d1 * d1     # conj(1/(z-w))^2
                 e1i = 2.0 * a * c * d1 * d1
                 e2r = (c2 - b * b) * d2 * d2     # (1/(z-conj w))^2

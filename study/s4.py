@@ -113,6 +113,18 @@ def woodbury_rank_correction(r: torch.Tensor, rank: int) -> torch.Tensor:
     return r00 - (r01.permute(1, 2, 0) * solved).sum(-1)
 
 
+def init_ssm_parameters(module: nn.Module, A: torch.Tensor, B: torch.Tensor, channels: int, dt_min: float,
+                        dt_max: float, dt_transform: str, lr: float) -> None:
+    """Register inv_dt (H, 1), A_real, A_imag (1, N/2) and B (1, N/2) on `module`, all at learning rate
+    `lr` without weight decay; A = -exp(A_real) - i A_imag. Draws dt from the global RNG."""
+    dt = log_uniform_dt(channels, dt_min, dt_max)
+    module.inv_dt = mark_optim(nn.Parameter(dt_to_parameter(dt, dt_transform)), lr=lr, weight_decay=0.0)
+    module.A_real = mark_optim(nn.Parameter(torch.log(-A.real).float().unsqueeze(0)), lr=lr, weight_decay=0.0)
+    module.A_imag = mark_optim(nn.Parameter((-A.imag).float().unsqueeze(0)), lr=lr, weight_decay=0.0)
+    module.B = mark_optim(nn.Parameter(torch.view_as_real(B.to(torch.complex64)).unsqueeze(0).clone()),
+                          lr=lr, weight_decay=0.0)
+
+
 class DPLRKernel(nn.Module):
     """S4 kernel with A = diag(lam) - P P^*, bilinear discretisation, and C stored as C~.
 
@@ -134,12 +146,7 @@ class DPLRKernel(nn.Module):
         W, P, B, _ = hippo.legs_nplr(state_size)
         if rank != 1:
             raise ValueError(f"model.rank={rank}: HiPPO-LegS has a rank-1 correction; set model.rank=1")
-        dt = log_uniform_dt(channels, dt_min, dt_max)
-        self.inv_dt = mark_optim(nn.Parameter(dt_to_parameter(dt, dt_transform)), lr=lr, weight_decay=0.0)
-        self.A_real = mark_optim(nn.Parameter(torch.log(-W.real).float().unsqueeze(0)), lr=lr, weight_decay=0.0)
-        self.A_imag = mark_optim(nn.Parameter((-W.imag).float().unsqueeze(0)), lr=lr, weight_decay=0.0)
-        self.B = mark_optim(nn.Parameter(torch.view_as_real(B.to(torch.complex64)).unsqueeze(0).clone()),
-                            lr=lr, weight_decay=0.0)
+        init_ssm_parameters(self, W, B, channels, dt_min, dt_max, dt_transform, lr)
         self.P = mark_optim(nn.Parameter(torch.view_as_real(P.to(torch.complex64)).unsqueeze(1).clone()),
                             lr=lr, weight_decay=0.0)
         C = torch.randn(channels, self.half_state, dtype=torch.complex64)
@@ -269,12 +276,7 @@ class DiagonalKernel(nn.Module):
         self.channels, self.half_state = channels, state_size // 2
         self.dt_transform, self.backend = dt_transform, backend
         A, B = hippo.diagonal_init(init, state_size)
-        dt = log_uniform_dt(channels, dt_min, dt_max)
-        self.inv_dt = mark_optim(nn.Parameter(dt_to_parameter(dt, dt_transform)), lr=lr, weight_decay=0.0)
-        self.A_real = mark_optim(nn.Parameter(torch.log(-A.real).float().unsqueeze(0)), lr=lr, weight_decay=0.0)
-        self.A_imag = mark_optim(nn.Parameter((-A.imag).float().unsqueeze(0)), lr=lr, weight_decay=0.0)
-        self.B = mark_optim(nn.Parameter(torch.view_as_real(B.to(torch.complex64)).unsqueeze(0).clone()),
-                            lr=lr, weight_decay=0.0)
+        init_ssm_parameters(self, A, B, channels, dt_min, dt_max, dt_transform, lr)
         C = torch.randn(channels, self.half_state, dtype=torch.complex64)
         self.C = nn.Parameter(torch.view_as_real(C).clone())
 

@@ -14,3 +14,13 @@ torch.set_num_threads(2)
 @pytest.fixture(autouse=True)
 def _seed():
     torch.manual_seed(0)
+
+
+@pytest.fixture
+def one_torch_thread():
+    """Small eager torch ops on two OpenMP threads crawl when another process holds a core (each op
+    waits for the descheduled thread); one thread keeps such tests fast on a shared machine."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)

@@ -16,14 +16,7 @@ from study.sampling import SamplingSettings, sample, stream_keys, uniforms
 from study.sashimi import build_model
 
 
-@pytest.fixture(autouse=True)
-def _one_torch_thread():
-    """Small eager torch ops on two OpenMP threads crawl when another process holds a core (each op
-    waits for the descheduled thread); one thread keeps these tests fast on a shared machine."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def perturb_(model, scale=0.1):

@@ -22,14 +22,7 @@ DATA = {"name": "folder", "source": "folder", "path": None, "repo_id": None, "fi
         "normalization": "minmax", "seed": 0, "toy_clips": 1, "toy_clip_seconds": 1, "warnings": []}
 
 
-@pytest.fixture(autouse=True)
-def _one_torch_thread():
-    """Small eager torch ops on two OpenMP threads crawl when another process holds a core (each op
-    waits for the descheduled thread); one thread keeps these tests fast on a shared machine."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def music(seconds: float, rate: int, channels: int = 1, level: float = 0.5, seed: int = 0) -> np.ndarray:
