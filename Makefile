@@ -6,9 +6,15 @@ STAMP := $(VENV)/.installed
 SCALE ?= full
 ARGS ?=
 
-.PHONY: help install test demo replicate ablation grids search report gpu-check bench
+UV_VERSION := 0.13.8
+LOCK := requirements.lock
+
+.PHONY: help install lock check-install test demo replicate ablation grids search report gpu-check bench
 
 help:
+	@echo "make install    create .venv with exactly the locked dependency tree ($(LOCK))"
+	@echo "make lock       re-resolve $(LOCK) from pyproject.toml (after changing a pin)"
+	@echo "make check-install  check that .venv matches the lock and every dependency imports"
 	@echo "make demo       the whole study at smoke scale on embedded data, ending with a report"
 	@echo "make test       the test suite (CPU; Triton kernels under TRITON_INTERPRET=1)"
 	@echo "make replicate  YouTubeMix SaShiMi-8 replication   (SCALE=full|smoke, ARGS=overrides)"
@@ -18,12 +24,23 @@ help:
 	@echo "make report     executed report notebook + HTML"
 	@echo "make gpu-check  CUDA tests and GPU benchmarks (needs a GPU)"
 
-$(STAMP): pyproject.toml
+$(STAMP): pyproject.toml $(LOCK)
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
-	$(BIN)/python -m pip install --quiet --disable-pip-version-check -e '.[test]'
+	$(BIN)/python -m pip install --quiet --disable-pip-version-check uv==$(UV_VERSION)
+	$(BIN)/uv pip sync --python $(BIN)/python --require-hashes $(LOCK)
+	$(BIN)/uv pip install --python $(BIN)/python --no-deps -e .
 	touch $(STAMP)
 
 install: $(STAMP)
+
+lock:
+	test -x $(BIN)/uv || { test -x $(BIN)/python || $(PYTHON) -m venv $(VENV); $(BIN)/python -m pip install --quiet uv==$(UV_VERSION); }
+	$(BIN)/uv pip compile pyproject.toml --extra test --universal --python-version 3.11 --generate-hashes --quiet -o $(LOCK)
+	@echo "wrote $(LOCK); run 'make install' to install it"
+
+check-install: install
+	$(BIN)/uv pip check --python $(BIN)/python
+	$(BIN)/python tools/check_install.py
 
 test: install
 	TRITON_INTERPRET=1 $(BIN)/python -m pytest -m "not cuda" --durations=15 $(ARGS)
