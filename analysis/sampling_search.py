@@ -173,8 +173,8 @@ def parse_settings(argv: list[str]) -> SearchSettings:
 
 
 def search(settings: SearchSettings) -> tuple[pd.DataFrame, Path]:
-    from study.generate import Generator
-    from study.sampling import SamplingSettings
+    from study.generation.generator import Generator
+    from study.generation.sampling import SamplingSettings
 
     checkpoint = resolve_checkpoint(settings.checkpoint, Path(settings.runs))
     out = Path(settings.out) if settings.out else checkpoint.parent.parent.parent / "sampling-search"
@@ -197,9 +197,9 @@ def search(settings: SearchSettings) -> tuple[pd.DataFrame, Path]:
 
 
 def main(argv: list[str]) -> int:
-    from study.checkpoint import CheckpointError
+    from study.training.checkpoint import CheckpointError
     from study.data import DataError
-    from study.generate import GenerationError
+    from study.generation.generator import GenerationError
     try:
         settings = parse_settings(argv)
         table, out = search(settings)

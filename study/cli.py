@@ -19,12 +19,12 @@ def _data(argv):
 
 
 def _train(argv):
-    from study.train import main
+    from study.training.loop import main
     return main(argv)
 
 
 def _generate(argv):
-    from study.generate import main
+    from study.generation.generator import main
     return main(argv)
 
 
@@ -49,7 +49,7 @@ def _demo(argv):
 
 
 def _bench(argv):
-    from study.bench import main
+    from study.bench.command import main
     return main(argv)
 
 

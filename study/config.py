@@ -9,11 +9,11 @@ from hydra import compose, initialize_config_dir
 from hydra.errors import ConfigCompositionException
 from omegaconf import DictConfig, OmegaConf
 
+from study.errors import ConfigError
+
 CONFIG_DIR = Path(__file__).resolve().parent.parent / "experiments"
 
 
-class ConfigError(ValueError):
-    """A configuration that cannot be composed or does not make sense; the message says the fix."""
 
 
 def compose_config(overrides: list[str] | tuple[str, ...] = (), config_name: str = "config") -> DictConfig:

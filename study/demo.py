@@ -33,9 +33,9 @@ def run_demo(runs: Path, overrides: list[str], search_trials: int, prompt_second
              continuation_seconds: float, report_out: Path) -> dict:
     from analysis.report import build_report, summary_markdown
     from analysis.sampling_search import SearchSettings, search
-    from study.generate import Generator
+    from study.generation.generator import Generator
     from study.harness import run_study
-    from study.sampling import SamplingSettings
+    from study.generation.sampling import SamplingSettings
 
     runs = runs.resolve()
     common = ["scale=smoke", f"paths.runs={runs}", *overrides]
@@ -88,7 +88,7 @@ def main(argv: list[str]) -> int:
     args = parser.parse_args(argv)
     from study.config import ConfigError
     from study.data import DataError
-    from study.harness import StudyError
+    from study.errors import StudyError
     try:
         run_demo(args.runs, args.overrides, args.search_trials, args.prompt_seconds, args.seconds, args.report_out)
     except (StudyError, ConfigError, DataError, ValueError) as error:

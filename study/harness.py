@@ -24,9 +24,10 @@ os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_
 os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
 from omegaconf import OmegaConf
 
-from study.config import CONFIG_DIR, ConfigError, compose_config
-from study.experiment import Experiment, load_experiment
-from study.run_record import read_record, write_json_atomic
+from study.config import CONFIG_DIR, compose_config
+from study.errors import ConfigError, StudyDefinitionError
+from study.training.experiment import Experiment, load_experiment
+from study.training.record import read_record, write_json_atomic
 
 log = logging.getLogger(__name__)
 STUDY_DIR = CONFIG_DIR / "study"
@@ -35,8 +36,6 @@ METRICS = [f"final/{split}/{name}" for split in ("val", "test")
            for name in ("loss", "bpb", "accuracy", "accuracy@3", "accuracy@5", "accuracy@10")]
 
 
-class StudyError(ValueError):
-    """A study that cannot run as asked; the message names the cause and the fix."""
 
 
 @dataclass
@@ -68,18 +67,18 @@ def available_studies() -> list[str]:
 def load_study(name: str) -> Study:
     path = STUDY_DIR / f"{name}.yaml"
     if not path.is_file():
-        raise StudyError(f"unknown study {name!r}; available: {', '.join(available_studies())} "
+        raise StudyDefinitionError(f"unknown study {name!r}; available: {', '.join(available_studies())} "
                          f"(add one as {STUDY_DIR}/<name>.yaml)")
     content = yaml.safe_load(path.read_text()) or {}
     unknown = sorted(set(content) - STUDY_KEYS)
     if unknown:
-        raise StudyError(f"{path}: unknown key {unknown[0]!r}; a study file has {sorted(STUDY_KEYS)}")
+        raise StudyDefinitionError(f"{path}: unknown key {unknown[0]!r}; a study file has {sorted(STUDY_KEYS)}")
     for key in ("base", "variations"):
         if key not in content:
-            raise StudyError(f"{path}: missing key {key!r}")
+            raise StudyDefinitionError(f"{path}: missing key {key!r}")
     variations = content["variations"]
     if not isinstance(variations, list) or not all(isinstance(v, list) for v in variations):
-        raise StudyError(f"{path}: 'variations' must be a list of override lists, e.g. [[model.dropout=0.1]]")
+        raise StudyDefinitionError(f"{path}: 'variations' must be a list of override lists, e.g. [[model.dropout=0.1]]")
     return Study(name=name, path=path, description=str(content.get("description", "")),
                  base=[str(o) for o in content["base"]], variations=[[str(o) for o in v] for v in variations],
                  seeds=[int(s) for s in content.get("seeds", [0])], metric=str(content.get("metric", "final/val/bpb")),
@@ -120,12 +119,12 @@ def best_checkpoint(runs_root: Path, study: str) -> Path:
     """best.pt of the finished trial of `study` with the lowest final/val/bpb."""
     results = runs_root / study / "results.parquet"
     if not results.is_file():
-        raise StudyError(f"study {study!r} has no results at {results}; run `study run {study}` first "
+        raise StudyDefinitionError(f"study {study!r} has no results at {results}; run `study run {study}` first "
                          "(at the same scale, e.g. `make replicate SCALE=smoke`)")
     table = pd.read_parquet(results)
     finished = table[(table.status == "finished") & table.checkpoint.notna()]
     if finished.empty:
-        raise StudyError(f"study {study!r} has no finished trial with a checkpoint in {results}")
+        raise StudyDefinitionError(f"study {study!r} has no finished trial with a checkpoint in {results}")
     return Path(finished.sort_values("final/val/bpb").iloc[0].checkpoint)
 
 
@@ -155,7 +154,7 @@ def plan_trials(study: Study, user_overrides: list[str]) -> list[Trial]:
             try:
                 experiment = load_experiment(overrides)
             except ConfigError as error:
-                raise StudyError(f"{study.path}: variation {variation} does not compose: {error}") from error
+                raise StudyDefinitionError(f"{study.path}: variation {variation} does not compose: {error}") from error
             trials.append(Trial(label=label, variation=variation + extra, seed=seed, overrides=overrides,
                                 experiment=experiment))
     return trials
@@ -173,7 +172,7 @@ def claim_study_folder(folder: Path, study: Study, user_overrides: list[str]) ->
     if marker.is_file():
         existing = json.loads(marker.read_text())
         if existing["definition_hash"] != digest:
-            raise StudyError(
+            raise StudyDefinitionError(
                 f"{folder} holds study {study.name!r} run with another definition (overrides "
                 f"{existing['overrides']}, file hash differs or overrides differ); use another paths.runs=..., "
                 f"or move {folder} away to start over")
@@ -198,12 +197,12 @@ def check_resources(ray_module, gpus: float, cpus: float) -> None:
     """Ray waits forever for resources a cluster lacks: refuse at once instead."""
     available = ray_module.cluster_resources()
     if gpus > 0 and available.get("GPU", 0) < gpus:
-        raise StudyError(
+        raise StudyDefinitionError(
             f"each trial asks for {gpus:g} GPU but the Ray cluster has {available.get('GPU', 0):g}; "
             "run on a GPU machine or cluster (ray.address=...), or use scale=smoke (CPU), "
             "or set ray.gpus_per_trial=0 to train at full scale on CPU (very slow)")
     if available.get("CPU", 0) < cpus:
-        raise StudyError(f"each trial asks for {cpus:g} CPUs but the cluster has {available.get('CPU', 0):g}; "
+        raise StudyDefinitionError(f"each trial asks for {cpus:g} CPUs but the cluster has {available.get('CPU', 0):g}; "
                          f"set ray.cpus_per_trial={int(available.get('CPU', 1))}")
 
 
@@ -215,7 +214,7 @@ def trial_main(config: dict) -> None:
     from ray import tune
     from ray.tune import Checkpoint
 
-    from study.train import Run
+    from study.training.loop import Run
 
     cpus = max(1, int(config["cpus"]))
     torch.set_num_threads(cpus)
@@ -353,7 +352,7 @@ def main(argv: list[str]) -> int:
         return 2
     try:
         table = run_study(argv[0], argv[1:])
-    except (StudyError, ConfigError, DataError) as error:
+    except (StudyDefinitionError, ConfigError, DataError) as error:
         print(f"study run: {error}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:

@@ -11,7 +11,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 import torch.utils.checkpoint
 
-from study.s4 import ChannelLinear, S4Block, S4LayerSettings, mark_optim
+from study.s4.layer import ChannelLinear, S4Block, S4LayerSettings, mark_optim
 
 
 @dataclass

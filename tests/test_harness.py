@@ -13,7 +13,7 @@ import pandas as pd
 import pytest
 
 import study.harness as harness
-from study.harness import StudyError, run_study
+from study.harness import StudyDefinitionError, run_study
 
 REPO = Path(__file__).resolve().parent.parent
 TINY = ["scale=smoke", "model.d_model=8", "model.d_state=8", "data.sample_len=512", "data.toy_clips=24",
@@ -61,23 +61,23 @@ def test_replicate_and_ablation_smoke_studies_end_to_end(ray_local, tmp_path, ca
 
 def test_gpu_trial_without_gpu_fails_fast(ray_local, tmp_path, cache):
     started = time.time()
-    with pytest.raises(StudyError, match="asks for 1 GPU but the Ray cluster has 0"):
+    with pytest.raises(StudyDefinitionError, match="asks for 1 GPU but the Ray cluster has 0"):
         run_study("replicate", TINY + paths(tmp_path, cache) + ["ray.gpus_per_trial=1"])
     assert time.time() - started < 60
 
 
 def test_unknown_study_lists_the_available_ones():
-    with pytest.raises(StudyError, match="unknown study 'nope'; available: ablation, grid-dropout"):
+    with pytest.raises(StudyDefinitionError, match="unknown study 'nope'; available: ablation, grid-dropout"):
         run_study("nope", [])
 
 
 def test_bad_study_files_name_the_file_and_key(tmp_path, monkeypatch):
     monkeypatch.setattr(harness, "STUDY_DIR", tmp_path)
     (tmp_path / "typo.yaml").write_text("base: []\nvariations: [[]]\nseeds: [0]\nmetrc: x\n")
-    with pytest.raises(StudyError, match=r"typo.yaml: unknown key 'metrc'"):
+    with pytest.raises(StudyDefinitionError, match=r"typo.yaml: unknown key 'metrc'"):
         run_study("typo", [])
     (tmp_path / "broken.yaml").write_text("base: []\nvariations: [[model.no_such_key=1]]\n")
-    with pytest.raises(StudyError, match=r"broken.yaml: variation \['model.no_such_key=1'\] does not compose"):
+    with pytest.raises(StudyDefinitionError, match=r"broken.yaml: variation \['model.no_such_key=1'\] does not compose"):
         run_study("broken", TINY)
 
 
@@ -86,7 +86,7 @@ def test_a_study_folder_is_not_mixed_with_another_definition(tmp_path, cache):
     folder = tmp_path / "runs" / "grid-lr"
     harness.claim_study_folder(folder, study, TINY)
     harness.claim_study_folder(folder, study, TINY)  # same definition: fine
-    with pytest.raises(StudyError, match="another definition"):
+    with pytest.raises(StudyDefinitionError, match="another definition"):
         harness.claim_study_folder(folder, study, TINY + ["model.dropout=0.2"])
 
 

@@ -34,8 +34,8 @@ COVERED_BY = {
         "tests/test_harness.py::test_study_runs_on_a_multi_node_cluster",
     "study run STUDY [overrides]": "tests/test_harness.py::test_replicate_and_ablation_smoke_studies_end_to_end",
     "make replicate SCALE=smoke": "tests/test_harness.py::test_replicate_and_ablation_smoke_studies_end_to_end",
-    "study train": "tests/test_train.py::test_loss_falls_on_toy_music",
-    "study bench kernel": "tests/test_kernel_bench.py",
+    "study train": "tests/training/test_loop.py::test_loss_falls_on_toy_music",
+    "study bench kernel": "tests/bench/test_kernel_bench.py",
 }
 
 

@@ -4,5 +4,6 @@ Submodules import lazily from here; this package never touches the network or di
 """
 
 
-class DataError(ValueError):
-    """A data problem the user can fix (missing files, empty split, no token); the message says how."""
+from study.errors import DataError
+
+__all__ = ["DataError"]

@@ -5,7 +5,7 @@ import json
 import pytest
 
 from study.cli import main
-from study.data import bench
+from study.bench import data as bench
 
 SMALL_OVERRIDES = ["data.toy_clips=5", "data.toy_clip_seconds=2", "data.sample_len=4096", "data.split=[0.6,0.2,0.2]"]
 

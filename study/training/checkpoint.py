@@ -1,0 +1,82 @@
+"""Checkpoints: written atomically with a checksum, read only with torch.load(weights_only=True).
+
+A checkpoint stores the model config beside the weights so it can be rebuilt alone. A truncated or
+corrupt file is detected and never replaces a good one; nothing here unpickles arbitrary objects.
+"""
+
+import hashlib
+import io
+from dataclasses import asdict, fields
+from pathlib import Path
+
+import torch
+
+from study.files import write_atomic
+from study.errors import CheckpointError
+from study.sashimi import ModelConfig, SaShiMi
+
+FORMAT = "sashimi-study/checkpoint/1"
+MAGIC = b"SASHIMI-STUDY-CKPT1\n"
+DIGEST_BYTES = 32
+
+
+
+
+def save_checkpoint(path: Path, payload: dict) -> Path:
+    """Write MAGIC + sha256(payload) + payload to a temporary file, fsync, then rename onto `path`."""
+    buffer = io.BytesIO()
+    torch.save({"format": FORMAT, **payload}, buffer)
+    data = buffer.getvalue()
+    return write_atomic(path, MAGIC + hashlib.sha256(data).digest() + data)
+
+
+def load_checkpoint(path: Path, map_location: str | torch.device = "cpu") -> dict:
+    """Read and verify a checkpoint written by save_checkpoint."""
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"no checkpoint at {path}: check the path (a run keeps them in <run>/checkpoints/)")
+    raw = path.read_bytes()
+    if not raw.startswith(MAGIC):
+        raise CheckpointError(f"{path} is not a sashimi-study checkpoint (wrong header); "
+                              "pass a file written by `study train` (last.pt or best.pt)")
+    digest, data = raw[len(MAGIC):len(MAGIC) + DIGEST_BYTES], raw[len(MAGIC) + DIGEST_BYTES:]
+    if hashlib.sha256(data).digest() != digest:
+        raise CheckpointError(f"{path} is corrupt or truncated (checksum mismatch); use another checkpoint, "
+                              "e.g. best.pt instead of last.pt, or rerun the training to rewrite it")
+    payload = torch.load(io.BytesIO(data), map_location=map_location, weights_only=True)
+    if payload.get("format") != FORMAT:
+        raise CheckpointError(f"{path} has format {payload.get('format')!r}, expected {FORMAT!r}")
+    return payload
+
+
+def model_config_of(payload: dict) -> ModelConfig:
+    known = {f.name for f in fields(ModelConfig)}
+    return ModelConfig(**{k: v for k, v in payload["model_config"].items() if k in known})
+
+
+def load_model(path: Path, map_location: str | torch.device = "cpu") -> tuple[SaShiMi, dict]:
+    """Rebuild the model stored in a checkpoint; returns (model in eval mode, payload)."""
+    payload = load_checkpoint(path, map_location)
+    model = SaShiMi(model_config_of(payload))
+    load_weights(model, payload["model_state"], source=str(path))
+    return model.to(map_location).eval(), payload
+
+
+def load_weights(model: torch.nn.Module, state: dict, source: str) -> None:
+    """Copy `state` into `model`, refusing any missing, unexpected or differently shaped tensor."""
+    own = model.state_dict()
+    for name, tensor in own.items():
+        if name not in state:
+            raise CheckpointError(f"{source} comes from another architecture: it has no tensor {name!r}; "
+                                  "build the model with the checkpoint's own config")
+        if state[name].shape != tensor.shape:
+            raise CheckpointError(f"{source} comes from another architecture: tensor {name!r} has shape "
+                                  f"{tuple(state[name].shape)}, the model expects {tuple(tensor.shape)}")
+    extra = sorted(set(state) - set(own))
+    if extra:
+        raise CheckpointError(f"{source} comes from another architecture: unexpected tensor {extra[0]!r}")
+    model.load_state_dict(state)
+
+
+def model_payload(model: SaShiMi) -> dict:
+    return {"model_config": asdict(model.config), "model_state": model.state_dict()}

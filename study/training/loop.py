@@ -1,0 +1,426 @@
+"""`study train`: the official SaShiMi recipe as one plain loop, resumable bit for bit after a kill.
+
+Order per step: forward, loss, NaN check, backward, clip, optimizer step, schedule, log, checkpoint.
+It never overwrites a good checkpoint with a bad one and never loads one with full pickle.
+"""
+
+import logging
+import math
+import random
+import sys
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from omegaconf import OmegaConf
+from tqdm import tqdm
+
+from study.training.checkpoint import CheckpointError, load_checkpoint, load_weights, model_payload, save_checkpoint
+from study.config import ConfigError
+from study.training.experiment import Experiment, TrainSettings, load_experiment
+from study.training.metrics import MetricSums, prefixed
+from study.training.record import device_description, git_state, package_versions, read_record, update_record
+from study.sashimi import SaShiMi, parameter_count, parameter_groups
+
+log = logging.getLogger(__name__)
+SPLITS_EVALUATED = ("val", "test")
+
+
+class TrainingDiverged(RuntimeError):
+    """The loss became NaN or infinite; the last good checkpoint is kept."""
+
+
+@dataclass
+class Progress:
+    """Where a run is; saved in every checkpoint so a resumed run continues at the same window."""
+    epoch: int = 0
+    batch_in_epoch: int = 0
+    step: int = 0
+    best_val_loss: float = math.inf
+    best_epoch: int = -1
+    history: list = field(default_factory=list)
+    train_seconds: float = 0.0
+
+
+def select_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name == "cuda" and not torch.cuda.is_available():
+        raise ConfigError("train.device=cuda but no CUDA GPU is visible; use train.device=cpu or auto")
+    return torch.device(name)
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+def rng_state() -> dict:
+    state = {"torch": torch.get_rng_state(), "python": list(random.getstate()[1]),
+             "python_position": random.getstate()[2],
+             "numpy": torch.from_numpy(np.random.get_state()[1].astype(np.int64)),
+             "numpy_position": int(np.random.get_state()[2])}
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def restore_rng_state(state: dict) -> None:
+    torch.set_rng_state(state["torch"])
+    random.setstate((3, tuple(state["python"]), state["python_position"]))
+    np.random.set_state(("MT19937", state["numpy"].numpy().astype(np.uint32), state["numpy_position"], 0, 0.0))
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def build_optimizer(model: SaShiMi, settings: TrainSettings) -> torch.optim.Optimizer:
+    groups = parameter_groups(model, settings.lr, settings.weight_decay)
+    return torch.optim.AdamW(groups, lr=settings.lr, betas=tuple(settings.betas), weight_decay=settings.weight_decay)
+
+
+def build_scheduler(optimizer, settings: TrainSettings, steps_per_epoch: int):
+    """plateau: ReduceLROnPlateau on val loss per epoch (official); cosine: linear warmup then
+    cosine to min_lr per step; constant: none."""
+    if settings.schedule == "plateau":
+        return torch.optim.lr_scheduler.ReduceLROnPlateau(
+            optimizer, mode="min", factor=settings.plateau_factor, patience=settings.plateau_patience)
+    if settings.schedule == "cosine":
+        total = max(1, settings.max_epochs * steps_per_epoch)
+        base_lrs = [group["lr"] for group in optimizer.param_groups]
+
+        def factor_for(group_index: int) -> Callable[[int], float]:
+            floor = settings.min_lr / base_lrs[group_index] if base_lrs[group_index] > 0 else 0.0
+
+            def factor(step: int) -> float:
+                if step < settings.warmup_steps:
+                    return (step + 1) / settings.warmup_steps
+                progress = min(1.0, (step - settings.warmup_steps) / max(1, total - settings.warmup_steps))
+                return floor + (1 - floor) * 0.5 * (1 + math.cos(math.pi * progress))
+            return factor
+
+        return torch.optim.lr_scheduler.LambdaLR(optimizer, [factor_for(i) for i in range(len(base_lrs))])
+    return None
+
+
+def autocast_for(device: torch.device, precision: str):
+    if precision == "bf16":
+        if device.type != "cuda":
+            raise ConfigError("train.precision=bf16 needs CUDA; use train.precision=fp32 on CPU")
+        return torch.autocast("cuda", dtype=torch.bfloat16)
+    return torch.autocast(device.type, enabled=False)
+
+
+@torch.no_grad()
+def evaluate(model, loader, device, precision: str, max_windows: int | None) -> dict[str, float]:
+    """Metrics over a split (or its first `max_windows` windows, in the split's fixed order)."""
+    model.eval()
+    sums, seen = MetricSums(), 0
+    for inputs, targets in loader:
+        if max_windows is not None and seen >= max_windows:
+            break
+        if max_windows is not None:
+            inputs, targets = inputs[: max_windows - seen], targets[: max_windows - seen]
+        with autocast_for(device, precision):
+            logits = model(inputs.to(device))
+        sums.update(logits.float(), targets.to(device))
+        seen += inputs.shape[0]
+    model.train()
+    return sums.result()
+
+
+class Run:
+    """One training run in its folder: data, model, optimizer, checkpoints, tracking, record."""
+
+    def __init__(self, experiment: Experiment, reporter: Callable[[dict, "Run"], None] | None = None,
+                 command: str = ""):
+        self.experiment = experiment
+        self.command = command
+        self.settings = experiment.train
+        self.reporter = reporter
+        self.run_dir = experiment.run_dir
+        self.checkpoint_dir = self.run_dir / "checkpoints"
+        self.device = select_device(self.settings.device)
+        self.tracker = None
+
+    # -- setup -------------------------------------------------------------------------------------
+    def _prepare_data(self):
+        from study.data.dataset import make_loader
+        from study.data.prepare import prepare
+        config = self.experiment.config
+        self.prepared = prepare(self.experiment.data, config.paths, progress=True)
+        splits = self.prepared.manifest["splits"]
+        windows = {split: int(splits[split]["windows"]) for split in ("train", "val", "test")}
+        if windows["train"] < self.settings.batch_size:
+            raise ConfigError(
+                f"the train split has {windows['train']} windows of {self.prepared.sample_len} samples, fewer than "
+                f"train.batch_size={self.settings.batch_size}; lower the batch size or data.sample_len, or add audio")
+        for split in SPLITS_EVALUATED:
+            if windows[split] == 0:
+                raise ConfigError(f"the {split} split has no windows of {self.prepared.sample_len} samples; "
+                                  "lower data.sample_len or add audio")
+        seed = int(config.seed)
+        self.train_loader = make_loader(self.prepared, "train", self.settings.batch_size, shuffle=True, seed=seed,
+                                        num_workers=self.settings.num_workers, drop_last=True)
+        self.eval_loaders = {split: make_loader(self.prepared, split, self.settings.batch_size, shuffle=False,
+                                                seed=seed) for split in SPLITS_EVALUATED}
+        batches = len(self.train_loader)
+        cap = self.settings.max_steps_per_epoch
+        self.steps_per_epoch = min(batches, cap) if cap else batches
+
+    def _build_model(self):
+        seed_everything(int(self.experiment.config.seed))
+        if self.settings.deterministic and self.device.type == "cpu":
+            torch.use_deterministic_algorithms(True)
+        self.model = SaShiMi(self.experiment.model).to(self.device)
+        if self.settings.init_from:
+            source = resolve_init_from(self.settings.init_from, Path(str(self.experiment.config.paths.runs)))
+            payload = load_checkpoint(source, map_location=self.device)
+            load_weights(self.model, payload["model_state"], source=str(source))
+            log.info("initialised weights from %s (fresh optimizer and schedule)", source)
+        self.optimizer = build_optimizer(self.model, self.settings)
+        self.scheduler = build_scheduler(self.optimizer, self.settings, self.steps_per_epoch)
+        self.forward = torch.compile(self.model) if self.settings.compile else self.model
+        self.progress = Progress()
+
+    def _resume(self) -> bool:
+        last = self.checkpoint_dir / "last.pt"
+        if not last.exists():
+            return False
+        payload = load_checkpoint(last, map_location=self.device)
+        load_weights(self.model, payload["model_state"], source=str(last))
+        self.optimizer.load_state_dict(payload["optimizer_state"])
+        if self.scheduler is not None:
+            self.scheduler.load_state_dict(payload["scheduler_state"])
+        restore_rng_state(payload["rng"])
+        self.progress = Progress(**payload["progress"])
+        log.info("resumed from %s at epoch %d, window %d of the epoch, step %d", last, self.progress.epoch,
+                 self.progress.batch_in_epoch, self.progress.step)
+        return True
+
+    def _start_tracking(self, resumed: bool):
+        tracking = self.experiment.config.tracking
+        mode = str(tracking.wandb)
+        if mode == "disabled":
+            return
+        if mode not in ("offline", "online"):
+            raise ConfigError(f"tracking.wandb={mode!r} is unknown: use offline, online or disabled")
+        import wandb
+        run_group = str(self.experiment.config.get("run_group", "train"))
+        self.tracker = wandb.init(
+            project=str(tracking.project), group=str(tracking.group or run_group),
+            name=f"{self.experiment.config.name}-{self.experiment.signature}",
+            id=f"{run_group}-{self.experiment.signature}", resume="allow", mode=mode,
+            dir=str(self.run_dir), config=OmegaConf.to_container(self.experiment.config, resolve=True),
+            settings=wandb.Settings(silent=True, console="off"))
+        self.tracker.summary["parameters"] = parameter_count(self.model)
+
+    # -- checkpoints ---------------------------------------------------------------------------------
+    def _payload(self) -> dict:
+        return {**model_payload(self.model),
+                "optimizer_state": self.optimizer.state_dict(),
+                "scheduler_state": self.scheduler.state_dict() if self.scheduler is not None else None,
+                "rng": rng_state(),
+                "progress": asdict(self.progress),
+                "config": OmegaConf.to_container(self.experiment.config, resolve=True),
+                "data_config": OmegaConf.to_container(self.experiment.data, resolve=True),
+                "signature": self.experiment.signature}
+
+    def save(self, name: str) -> Path:
+        return save_checkpoint(self.checkpoint_dir / f"{name}.pt", self._payload())
+
+    # -- the loop ------------------------------------------------------------------------------------
+    def _bar(self, epoch: int):
+        mode = self.settings.progress
+        use_bar = mode == "bar" or (mode == "auto" and sys.stderr.isatty())
+        return tqdm(total=self.steps_per_epoch, initial=self.progress.batch_in_epoch, disable=not use_bar,
+                     desc=f"epoch {epoch + 1}/{self.settings.max_epochs}", unit="step", dynamic_ncols=True)
+
+    def _train_step(self, inputs, targets) -> float:
+        inputs, targets = inputs.to(self.device), targets.to(self.device)
+        with autocast_for(self.device, self.settings.precision):
+            logits = self.forward(inputs)
+        loss = F.cross_entropy(logits.float().reshape(-1, logits.shape[-1]), targets.reshape(-1))
+        if not torch.isfinite(loss):
+            raise TrainingDiverged(
+                f"the training loss became {loss.item()} at step {self.progress.step + 1} (epoch "
+                f"{self.progress.epoch + 1}); the last good checkpoint is kept in {self.checkpoint_dir}. "
+                "Lower train.lr, set train.gradient_clip, or check the data")
+        self.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        if self.settings.gradient_clip is not None:
+            torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.settings.gradient_clip)
+        self.optimizer.step()
+        if self.settings.schedule == "cosine":
+            self.scheduler.step()
+        return loss.item()
+
+    def _train_epoch(self, epoch: int) -> float:
+        progress = self.progress
+        self.train_loader.sampler.set_epoch(epoch, start_index=progress.batch_in_epoch * self.settings.batch_size)
+        tokens_per_step = self.settings.batch_size * self.prepared.sample_len
+        losses, started = [], time.perf_counter()
+        with self._bar(epoch) as bar:
+            for inputs, targets in self.train_loader:
+                if progress.batch_in_epoch >= self.steps_per_epoch:
+                    break
+                step_start = time.perf_counter()
+                loss = self._train_step(inputs, targets)
+                progress.train_seconds += time.perf_counter() - step_start
+                losses.append(loss)
+                progress.batch_in_epoch += 1
+                progress.step += 1
+                rate = tokens_per_step * len(losses) / (time.perf_counter() - started)
+                bar.set_postfix(loss=f"{loss:.4f}", tokens_per_s=f"{rate:,.0f}")
+                bar.update(1)
+                if bar.disable and progress.step % self.settings.log_every_steps == 0:
+                    log.info("epoch %d step %d/%d loss %.4f tokens/s %.0f", epoch + 1, progress.batch_in_epoch,
+                             self.steps_per_epoch, loss, rate)
+                if self.tracker is not None and progress.step % self.settings.log_every_steps == 0:
+                    self.tracker.log({"train/loss_step": loss, "trainer/step": progress.step})
+                if progress.step % self.settings.checkpoint_every_steps == 0:
+                    self.save("last")
+        return float(np.mean(losses)) if losses else math.nan
+
+    def _end_epoch(self, epoch: int, train_loss: float) -> dict:
+        metrics = {"epoch": epoch + 1, "step": self.progress.step, "train/loss": train_loss,
+                   "lr": self.optimizer.param_groups[0]["lr"]}
+        for split, loader in self.eval_loaders.items():
+            metrics.update(prefixed(evaluate(self.model, loader, self.device, self.settings.precision,
+                                             self.settings.max_eval_windows), split))
+        if self.settings.schedule == "plateau":
+            self.scheduler.step(metrics["val/loss"])
+        improved = metrics["val/loss"] < self.progress.best_val_loss
+        if improved:
+            self.progress.best_val_loss, self.progress.best_epoch = metrics["val/loss"], epoch
+        self.progress.history.append(metrics)
+        self.progress.epoch, self.progress.batch_in_epoch = epoch + 1, 0
+        if improved:
+            self.save("best")
+        self.save("last")
+        log.info("epoch %d: train loss %.4f  val loss %.4f (bpb %.4f)  test loss %.4f%s", epoch + 1, train_loss,
+                 metrics["val/loss"], metrics["val/bpb"], metrics["test/loss"], "  [best]" if improved else "")
+        if self.tracker is not None:
+            self.tracker.log(metrics)
+        update_record(self.run_dir, status="running", progress={"epoch": epoch + 1, "step": self.progress.step},
+                      history=self.progress.history)
+        if self.reporter is not None:
+            self.reporter(metrics, self)
+        return metrics
+
+    def _final_metrics(self) -> dict:
+        best = load_checkpoint(self.checkpoint_dir / "best.pt", map_location=self.device)
+        load_weights(self.model, best["model_state"], source="best.pt")
+        final = {}
+        for split, loader in self.eval_loaders.items():
+            final.update(prefixed(evaluate(self.model, loader, self.device, self.settings.precision,
+                                           self.settings.max_eval_windows), f"final/{split}"))
+        return final
+
+    def execute(self) -> dict:
+        """Train to the end (or resume and finish); returns the run record."""
+        record = read_record(self.run_dir)
+        if record.get("status") == "finished":
+            print(f"already finished: {self.run_dir} (signature {self.experiment.signature}); nothing to do")
+            return record
+        started = time.time()
+        self._prepare_data()
+        self._build_model()
+        resumed = self._resume()
+        if resumed:
+            resumes = record.get("resumes", []) + [{"step": self.progress.step, "epoch": self.progress.epoch,
+                                                    "batch_in_epoch": self.progress.batch_in_epoch,
+                                                    "time": time.time()}]
+            record = update_record(self.run_dir, resumes=resumes)
+        config = self.experiment.config
+        update_record(
+            self.run_dir, status="running", name=str(config.name), signature=self.experiment.signature,
+            config=OmegaConf.to_container(config, resolve=True),
+            data_config=OmegaConf.to_container(self.experiment.data, resolve=True),
+            data_fingerprint=self.prepared.fingerprint, data_cache=str(self.prepared.path),
+            data_warnings=list(self.prepared.manifest.get("warnings", [])),
+            parameters=parameter_count(self.model), seed=int(config.seed), git=git_state(Path(__file__).parent),
+            packages=package_versions(), device=device_description(self.device),
+            command=self.command,
+            started=record.get("started", started))
+        self._start_tracking(resumed)
+        log.info("run %s: %s, %s parameters, %d steps per epoch, device %s", self.experiment.signature,
+                 config.name, f"{parameter_count(self.model):,}", self.steps_per_epoch, self.device)
+        try:
+            for epoch in range(self.progress.epoch, self.settings.max_epochs):
+                train_loss = self._train_epoch(epoch)
+                self._end_epoch(epoch, train_loss)
+            final = self._final_metrics()
+        except TrainingDiverged as error:
+            update_record(self.run_dir, status="failed", error=str(error))
+            self._finish_tracking()
+            raise
+        wall = time.time() - started + float(record.get("wall_seconds", 0.0))
+        record = update_record(self.run_dir, status="finished", final_metrics=final, wall_seconds=wall,
+                               train_seconds=self.progress.train_seconds, best_epoch=self.progress.best_epoch + 1,
+                               best_checkpoint=str(self.checkpoint_dir / "best.pt"), finished=time.time())
+        if self.tracker is not None:
+            self.tracker.summary.update(final)
+            self._log_audio_sample()
+        self._finish_tracking()
+        return record
+
+    def _log_audio_sample(self) -> None:
+        """A short unconditional sample from the best checkpoint, into the tracker."""
+        seconds = float(self.experiment.config.tracking.get("log_audio_seconds", 0) or 0)
+        if seconds <= 0:
+            return
+        import wandb
+
+        from study.generation.generator import Generator
+        generator = Generator(self.checkpoint_dir / "best.pt", device=str(self.device))
+        result = generator.generate(None, seconds=seconds, n=1, seed=int(self.experiment.config.seed))
+        audio = generator.audio.decode(result.continuations[0].tokens)
+        self.tracker.log({"sample/unconditional": wandb.Audio(audio, sample_rate=generator.audio.sample_rate)})
+
+    def _finish_tracking(self):
+        if self.tracker is not None:
+            self.tracker.finish()
+            self.tracker = None
+
+
+def resolve_init_from(value: str, runs_root: Path) -> Path:
+    """A checkpoint path, or a run signature found under the runs folder (its best.pt)."""
+    path = Path(value).expanduser()
+    if path.is_file():
+        return path
+    matches = sorted(runs_root.glob(f"*/{value}*/checkpoints/best.pt"))
+    if len(matches) == 1:
+        return matches[0]
+    if len(matches) > 1:
+        raise ConfigError(f"train.init_from={value} matches several runs: {[str(m) for m in matches]}; "
+                          "give the full signature or a checkpoint path")
+    raise ConfigError(f"train.init_from={value} is neither a checkpoint file nor a run signature under "
+                      f"{runs_root}; pass a path to best.pt or last.pt")
+
+
+def train(experiment: Experiment, reporter=None, command: str = "") -> dict:
+    return Run(experiment, reporter, command).execute()
+
+
+def main(argv: list[str]) -> int:
+    from study.data import DataError
+    try:
+        experiment = load_experiment(argv)
+        record = train(experiment, command=" ".join(["study", "train", *argv]))
+    except (ConfigError, DataError, CheckpointError) as error:
+        print(f"study train: {error}", file=sys.stderr)
+        return 2
+    except TrainingDiverged as error:
+        print(f"study train: {error}", file=sys.stderr)
+        return 1
+    run_dir = experiment.run_dir
+    print(f"finished: {record.get('name')} ({record.get('signature')})")
+    for name, value in sorted(record.get("final_metrics", {}).items()):
+        print(f"  {name:<24} {value:.4f}")
+    print(f"run folder: {run_dir}\n  record: {run_dir / 'run.json'}\n  checkpoints: {run_dir / 'checkpoints'}")
+    return 0

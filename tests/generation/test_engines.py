@@ -1,0 +1,200 @@
+"""Generation engines against the model: the fused numba loop and the static tensor step (eager here,
+CUDA graphs under `make gpu-check`) give the logits of `SaShiMi.forward`, and every backend draws
+the tokens of the plain `model.step` + reference sampler path."""
+
+import numpy as np
+import pytest
+import torch
+
+from study.generation.engines import numba_engine as fs
+from study.generation.engines.selection import StepEngine, make_engine
+from study.generation.engines.numba_kernels import gelu_array, sigmoid_array
+from study.generation.engines.numba_engine import FastEngine, export_plan, ssm_matrices
+from study.generation.engines.cuda_graph import TensorEngine
+from study.s4.layer import DPLRKernel
+from study.generation.sampling import SamplingSettings, sample, stream_keys, uniforms
+from study.sashimi import build_model
+
+
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
+
+
+def perturb_(model, scale=0.1):
+    with torch.no_grad():
+        for parameter in model.parameters():
+            parameter.add_(scale * torch.randn_like(parameter) * parameter.abs().mean())
+    return model
+
+
+def small_model(**overrides):
+    values = dict(n_layers=1, d_model=16, d_state=16, l_max=256)
+    values.update(overrides)
+    return perturb_(build_model("sashimi-2", **values).eval())
+
+
+def teacher_forced_logits(engine, tokens: torch.Tensor) -> np.ndarray:
+    """Logits the engine gives when fed tokens[:, t] at step t, as forward sees them."""
+    batch = tokens.shape[0]
+    forced = np.roll(tokens.numpy(), -1, axis=1)  # output t is forced to the next input; the last is unused
+    out = engine.run(engine.new_state(batch), tokens[:, 0].numpy(), forced, stream_keys(0, range(batch)), 0,
+                     SamplingSettings(), keep_logits=True)
+    return out.logits
+
+
+def assert_engine_matches_forward(model, engine, length, batch_size=1, tolerance=1e-4):
+    tokens = torch.randint(0, model.config.n_classes, (batch_size, length))
+    with torch.no_grad():
+        expected = model(tokens).numpy()
+    error = np.abs(teacher_forced_logits(engine, tokens) - expected).max()
+    assert error <= tolerance, f"max |engine - forward| = {error}"
+
+
+@pytest.mark.parametrize("preset", ["sashimi-2", "sashimi-8"])
+def test_fast_engine_equals_forward_for_the_full_presets_over_2048_samples(preset):
+    model = perturb_(build_model(preset, l_max=2048).eval())
+    assert_engine_matches_forward(model, FastEngine(model, threads=1), 2048)
+
+
+VARIANTS = [dict(), dict(norm="layer_norm"), dict(ssm_mode="diag", ssm_init="diag-lin"), dict(final_act="id"),
+            dict(pool=[2, 4], expand=3), dict(dt_transform="exp"), dict(pool=[4])]
+
+
+@pytest.mark.parametrize("overrides", VARIANTS)
+@pytest.mark.parametrize("engine_class", [FastEngine, TensorEngine])
+def test_engines_equal_forward_for_model_variants(overrides, engine_class):
+    model = small_model(**overrides)
+    # batch 3: the stream-pair loops and their odd remainder; 128 samples = 8 periods of the 16x pooling
+    assert_engine_matches_forward(model, engine_class(model), 128 if engine_class is TensorEngine else 256, batch_size=3)
+
+
+SAMPLINGS = [SamplingSettings(), SamplingSettings(temperature=0.8, top_k=20, top_p=0.9),
+             SamplingSettings(temperature=1.3, top_p=0.5), SamplingSettings(temperature=0), SamplingSettings(top_k=1)]
+
+
+@pytest.mark.parametrize("sampling", SAMPLINGS)
+def test_backends_draw_the_tokens_of_the_plain_step_path(sampling):
+    model = small_model()
+    keys = stream_keys(11, range(3))
+    backends = ("step", "numba", "graph") if sampling in SAMPLINGS[:2] else ("step", "numba")
+    runs = {}
+    for backend in backends:
+        engine = make_engine(model, backend)
+        runs[backend] = engine.run(engine.new_state(3), np.full(3, 128), np.full((3, 160), -1), keys, 0, sampling)
+    reference = runs["step"]
+    for backend in backends[1:]:
+        assert np.array_equal(runs[backend].tokens, reference.tokens), backend
+        assert np.allclose(runs[backend].logp_model, reference.logp_model, atol=1e-4), backend
+        assert np.allclose(runs[backend].logp_sample, reference.logp_sample, atol=1e-4), backend
+
+
+def test_fast_sampler_equals_the_reference_sampler_on_random_logits():
+    generator = np.random.default_rng(0)
+    logits = (generator.standard_normal((300, 256)) * generator.uniform(0.1, 8, (300, 1))).astype(np.float32)
+    logits[:4, :8] = logits[:4, 8:16]  # exact ties
+    u = uniforms(stream_keys(3, range(300)), 0, 1)[:, 0]
+    shifted, weights = np.empty(256), np.empty(256)
+    exponents, candidates = np.empty(256, np.int64), np.empty(256, np.int64)
+    for settings in SAMPLINGS + [SamplingSettings(top_p=0.01), SamplingSettings(temperature=0.5, top_k=256)]:
+        reference = sample(torch.from_numpy(logits), settings, torch.from_numpy(u))
+        for row in range(len(logits)):
+            token, logp_model, logp_sample = fs._sample_one(logits[row], 256, settings.temperature, settings.top_k,
+                                                            settings.top_p, u[row], shifted, weights, exponents,
+                                                            candidates)
+            assert token == reference.tokens[row].item(), (settings, row)
+            assert abs(logp_model - reference.logp_model[row].item()) < 1e-9
+            assert abs(logp_sample - reference.logp_sample[row].item()) < 1e-9
+
+
+def test_results_do_not_depend_on_threads_or_chunking():
+    model = small_model()
+    keys = stream_keys(5, range(5))
+    whole = FastEngine(model, threads=1)
+    expected = whole.run(whole.new_state(5), np.full(5, 128), np.full((5, 200), -1), keys, 0, SamplingSettings())
+    split = FastEngine(model, threads=2)
+    state = split.new_state(5)
+    first, pieces = np.full(5, 128), []
+    for start in (0, 37, 160):
+        size = {0: 37, 37: 123, 160: 40}[start]
+        out = split.run(state, first, np.full((5, size), -1), keys, start, SamplingSettings())
+        pieces.append(out.tokens)
+        first = out.tokens[:, -1]
+    assert np.array_equal(np.concatenate(pieces, 1), expected.tokens)
+
+
+def test_select_continues_each_chosen_stream():
+    model = small_model()
+    engine = FastEngine(model, threads=1)
+    keys = stream_keys(0, range(2))
+    state = engine.new_state(2)
+    prompt = np.random.default_rng(1).integers(0, 256, (2, 50))
+    engine.run(state, np.full(2, 128), prompt, keys, 0, SamplingSettings())
+    both = engine.run(engine.select(state, [0, 1]), prompt[:, -1], np.full((2, 40), -1), keys, 0, SamplingSettings())
+    picked = engine.select(state, [1, 1, 0])
+    again = engine.run(picked, prompt[[1, 1, 0], -1], np.full((3, 40), -1), keys[[1, 1, 0]], 0, SamplingSettings())
+    assert np.array_equal(again.tokens, both.tokens[[1, 1, 0]])
+
+
+def test_step_engine_select_matches_fast_engine_select():
+    model = small_model()
+    keys = stream_keys(2, range(2))
+    prompt = np.random.default_rng(2).integers(0, 256, (2, 21))
+    results = []
+    for engine in (StepEngine(model), FastEngine(model)):
+        state = engine.new_state(2)
+        engine.run(state, np.full(2, 128), prompt, keys, 0, SamplingSettings())
+        state = engine.select(state, [1, 0, 1])
+        results.append(engine.run(state, prompt[[1, 0, 1], -1], np.full((3, 30), -1), keys[[0, 1, 0]], 0,
+                                  SamplingSettings()).tokens)
+    assert np.array_equal(*results)
+
+
+def test_ssm_matrices_reproduce_the_dplr_step():
+    """The folded step x' = F x - G_p Re(M.x) + G u, y = Re(C.x') against DPLRKernel.step (complex128)."""
+    kernel = DPLRKernel(4, 16, 256)
+    perturb_(kernel)
+    params = {k: v.to(torch.complex128) for k, v in kernel.step_parameters().items()}
+    matrices = ssm_matrices(kernel)
+    generator = torch.Generator().manual_seed(0)
+    memory = torch.randn(2, 4, 8, dtype=torch.complex128, generator=generator)
+    u = torch.randn(2, 4, dtype=torch.float64, generator=generator)
+    y_expected, memory_expected = DPLRKernel.step(u, memory, params)
+    M, F, G, G_p, C = (torch.from_numpy(matrices[name]) for name in ("M", "F", "G", "G_p", "C"))
+    s = (M * memory).sum(-1, keepdim=True).real
+    folded = F * memory - G_p * s + G * u.unsqueeze(-1)
+    assert torch.allclose(folded, memory_expected, atol=1e-5)
+    assert torch.allclose((C * folded).sum(-1).real, y_expected, atol=1e-5)
+
+
+def test_vectorised_nonlinearities_match_torch():
+    x = torch.linspace(-30, 30, 200001)
+    assert (torch.from_numpy(gelu_array(x.numpy())) - torch.nn.functional.gelu(x.double())).abs().max() < 3e-7
+    assert (torch.from_numpy(sigmoid_array(x.numpy())) - torch.sigmoid(x.double())).abs().max() < 1e-7
+    values = -np.linspace(0, 700, 100001)
+    out, exponents = np.empty_like(values), np.empty(len(values), np.int64)
+    fs._exp_nonpositive(values, out, exponents, len(values))
+    assert np.max(np.abs(out / np.exp(values) - 1)) < 1e-13
+
+
+def test_plan_state_is_the_recurrent_state_size():
+    model = small_model()
+    plan = export_plan(model)
+    # per S4 block 2 * H * N/2 floats; per pooling level two buffers of H * stride
+    expected = sum(2 * b.layer.kernel.channels * b.layer.kernel.half_state for b in model.backbone.stateful_blocks())
+    expected += sum(2 * 16 * 2 ** level * 4 for level in range(2))
+    assert plan.state_size == expected
+
+
+@pytest.mark.cuda
+@pytest.mark.parametrize("preset", ["sashimi-2", "sashimi-8"])
+def test_cuda_graph_engine_equals_forward_and_repeats_itself(preset):
+    model = perturb_(build_model(preset, l_max=2048).eval()).cuda()
+    engine = TensorEngine(model, "cuda")
+    assert engine.use_graphs
+    tokens = torch.randint(0, 256, (2, 2048))
+    with torch.no_grad():
+        expected = model(tokens.cuda()).cpu().numpy()
+    assert np.abs(teacher_forced_logits(engine, tokens) - expected).max() <= 1e-3  # TF32 / reduction order
+    keys = stream_keys(0, range(4))
+    runs = [engine.run(engine.new_state(4), np.full(4, 128), np.full((4, 1000), -1), keys, 0, SamplingSettings(top_p=0.9))
+            for _ in range(2)]
+    assert np.array_equal(runs[0].tokens, runs[1].tokens)
