@@ -4,6 +4,9 @@ import os
 
 os.environ.setdefault("WANDB_MODE", "offline")
 os.environ.setdefault("WANDB_SILENT", "true")
+# Ray's local node registers within 10 s on an idle machine; a loaded one (other jobs on the cores)
+# needs longer, and the suite should not fail for that.
+os.environ.setdefault("RAY_raylet_start_wait_time_s", "120")
 
 import pytest  # noqa: E402
 import torch  # noqa: E402

@@ -33,3 +33,8 @@ def test_a_changed_version_is_reported(tmp_path):
 def test_every_direct_dependency_has_an_import_name():
     modules = check_install.runtime_modules()
     assert "hydra" in modules and "ray.tune" in modules and "torchaudio" in modules
+
+
+def test_packages_ray_vendors_on_sys_path_are_not_counted():
+    import ray  # noqa: F401 - puts ray/thirdparty_files (colorama, psutil, ...) on sys.path
+    assert check_install.lock_differences() == []

@@ -8,6 +8,7 @@ import importlib
 import importlib.metadata as metadata
 import re
 import sys
+import sysconfig
 import tomllib
 from pathlib import Path
 
@@ -45,7 +46,10 @@ def locked_versions(lock: Path = LOCK) -> dict[str, str]:
 
 
 def installed_versions() -> dict[str, str]:
-    return {canonicalize_name(d.metadata["Name"]): d.version for d in metadata.distributions()}
+    """What this interpreter's own site-packages holds (not what other entries of sys.path add, such as
+    the packages Ray vendors in ray/thirdparty_files once it is imported)."""
+    folders = sorted({sysconfig.get_paths()["purelib"], sysconfig.get_paths()["platlib"]})
+    return {canonicalize_name(d.metadata["Name"]): d.version for d in metadata.distributions(path=folders)}
 
 
 def lock_differences(lock: Path = LOCK) -> list[str]:
