@@ -18,6 +18,7 @@ from omegaconf import OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
 from analysis.audio_quality import quality_score
+from analysis.results import default_runs_dir
 
 log = logging.getLogger(__name__)
 RESULTS_NAME = "results.csv"
@@ -41,7 +42,7 @@ class SearchSettings:
     tpe_startup_trials: int = 5
     seed: int = 0
     out: str | None = None                  # default: <runs>/<study>/sampling-search beside the checkpoint
-    runs: str = "runs"                      # where study:NAME is looked up
+    runs: str = field(default_factory=lambda: str(default_runs_dir()))  # where study:NAME is looked up
 
     def validate(self) -> "SearchSettings":
         if self.sampler not in ("tpe", "grid"):

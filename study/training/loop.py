@@ -150,11 +150,12 @@ class Run:
     """One training run in its folder: data, model, optimizer, checkpoints, tracking, record."""
 
     def __init__(self, experiment: Experiment, reporter: Callable[[dict, "Run"], None] | None = None,
-                 command: str = ""):
+                 command: str = "", on_step: Callable[..., None] | None = None):
         self.experiment = experiment
         self.command = command
         self.settings = experiment.train
-        self.reporter = reporter
+        self.reporter = reporter    # after each epoch: reporter(metrics, run)
+        self.on_step = on_step      # after each step: on_step(epoch, epochs, step, steps, loss, tokens_per_second)
         self.run_dir = experiment.run_dir
         self.checkpoint_dir = self.run_dir / "checkpoints"
         self.device = select_device(self.settings.device)
@@ -291,6 +292,9 @@ class Run:
                 rate = tokens_per_step * len(losses) / (time.perf_counter() - started)
                 bar.set_postfix(loss=f"{loss:.4f}", tokens_per_s=f"{rate:,.0f}")
                 bar.update(1)
+                if self.on_step is not None:
+                    self.on_step(epoch + 1, self.settings.max_epochs, progress.batch_in_epoch, self.steps_per_epoch,
+                                 loss, rate)
                 if bar.disable and progress.step % self.settings.log_every_steps == 0:
                     log.info("epoch %d step %d/%d loss %.4f tokens/s %.0f", epoch + 1, progress.batch_in_epoch,
                              self.steps_per_epoch, loss, rate)
