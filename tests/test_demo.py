@@ -33,6 +33,11 @@ def test_make_demo_runs_the_whole_study_and_reuses_it(tmp_path):
     page = html.read_text()
     assert "<audio" in page and "final/test/bpb" in page and "youtubemix-sashimi-8" in page
     assert "| final/test/bpb |" in first.stdout  # the summary table on screen
+    assert "[2/6] study ablation" in first.stdout and "[6/6] report done in " in first.stdout
+    runs = (tmp_path / "runs").resolve()
+    assert f"STUDY_RUNS={runs} make report" in first.stdout and f"STUDY_RUNS={runs} make search" in first.stdout
+    assert "trial 1/4 model.dropout=0.0,seed=0: same signature as the finished run" in first.stdout
+    assert "trial 1/2 experiment=bigband-sashimi-8,seed=0: epoch 1/1 step " in first.stdout  # progress lines
     started = time.perf_counter()
     second = subprocess.run(command, cwd=REPO, env=env, capture_output=True, text=True, timeout=900)
     assert second.returncode == 0, second.stdout[-4000:] + second.stderr[-4000:]
