@@ -47,14 +47,16 @@ class Steps:
 
 
 def duration(seconds: float) -> str:
-    return f"{seconds:.0f} s" if seconds < 90 else f"{seconds // 60:.0f} min {seconds % 60:02.0f} s"
+    """'41 s', or '8 min 05 s' from 90 s on."""
+    minutes, rest = divmod(int(round(seconds)), 60)
+    return f"{int(round(seconds))} s" if seconds < 90 else f"{minutes} min {rest:02d} s"
 
 
 def next_commands(runs: Path, checkpoint: Path, prompt: Path, overrides: list[str]) -> list[str]:
     """What to run after the demo; they read the demo's runs folder with their default arguments."""
     prefix = "" if runs == DEFAULT_RUNS.resolve() else f"STUDY_RUNS={runs} "
     commands = [f"{prefix}make report    # rebuild the report from {runs}",
-                f"{prefix}make search    # resume the sampling search of study:replicate",
+                f"{prefix}make search    # the sampling search of study:replicate at its default settings",
                 f"study generate checkpoint={checkpoint} prompt={prompt} seconds=4 n=2"]
     if not overrides:
         commands.append(f"{prefix}make replicate SCALE=smoke    # finds the demo's trial finished")
