@@ -1,8 +1,8 @@
 """Generated audio examples for reports: every *.wav under a folder, optional labels from any
 manifest.json beside it (e.g. prompt_seconds, the prompt/continuation boundary), and spectrograms.
 
-Manifests are optional and read leniently (their format may change): a file is never skipped for
-lacking a manifest entry, and an unreadable manifest only adds a note.
+The manifest `study generate` writes is read by its format; any other is read leniently: a file is
+never skipped for lacking a manifest entry, and an unreadable manifest only adds a note.
 """
 
 import json
@@ -16,6 +16,8 @@ MANIFEST_FILE = "manifest.json"
 PROMPT_KEYS = ("prompt_seconds", "prompt_length_seconds", "prompt_duration_seconds")
 LABEL_KEYS = ("label", "title", "name")
 GENERIC_FILE_KEYS = ("file", "files", "path", "paths", "wav", "audio", "filename", "examples", "samples", "items")
+GENERATION_FORMAT = "sashimi-study/generation/"   # the prefix of `study generate`'s manifest format
+SETTING_NAMES = {"temperature": "temperature", "top_p": "top-p", "top_k": "top-k", "seed": "seed"}
 
 
 @dataclass
@@ -28,6 +30,17 @@ class Example:
     channels: int
     prompt_seconds: float | None = None
     details: dict = field(default_factory=dict)
+
+    @property
+    def settings(self) -> str:
+        """The sampling settings in short, e.g. 'temperature 0.9, top-p 0.95, rank 1 of 2'."""
+        shown = {key: self.details[key] for key in SETTING_NAMES if key in self.details
+                 and not (key == "top_k" and self.details[key] == 0)}           # top-k 0: no cut
+        parts = [f"{SETTING_NAMES[key]} {value:g}" if isinstance(value, (int, float)) else f"{SETTING_NAMES[key]} {value}"
+                 for key, value in shown.items()]
+        if self.details.get("rank") is not None and self.details.get("ranked") is not None:
+            parts.append(f"rank {self.details['rank']} of {self.details['ranked']}")
+        return ", ".join(parts)
 
 
 @dataclass
@@ -42,6 +55,48 @@ def continuation_only(role: str) -> bool:
     """True for a file that holds only the generated part (so a prompt boundary does not apply)."""
     role = role.lower()
     return ("continuation" in role or "generated" in role) and "prompt" not in role
+
+
+def role_text(role: str) -> str:
+    """A manifest role in words: 'prompt + continuation', 'continuation only', 'prompt', 'real continuation'."""
+    lowered = role.lower()
+    if "reference" in lowered or "real" in lowered:
+        return "real continuation"
+    if continuation_only(lowered):
+        return "continuation only"
+    if "prompt" in lowered and ("continuation" in lowered or "generated" in lowered):
+        return "prompt + continuation"
+    return "prompt" if "prompt" in lowered else role
+
+
+def generation_entries(manifest: dict, base: Path) -> dict[Path, dict]:
+    """{wav path: fields} from the manifest `study generate` writes: each prompt and its real
+    continuation, and per continuation the prompt + continuation file (with the prompt's length in
+    seconds, where the boundary is drawn) and the continuation alone."""
+    settings = manifest.get("settings") or {}
+    short = {key: settings[key] for key in SETTING_NAMES if key in settings}
+    prompts = [prompt for prompt in manifest.get("prompts") or [] if isinstance(prompt, dict)]
+    continuations = [item for item in manifest.get("continuations") or [] if isinstance(item, dict)]
+    found: dict[Path, dict] = {}
+    for prompt in prompts:
+        name = str(prompt.get("name", "prompt"))
+        if _is_wav(prompt.get("file")):
+            found[(base / prompt["file"]).resolve()] = {"label": name, "role": "prompt"}
+        if _is_wav(prompt.get("reference_file")):
+            found[(base / prompt["reference_file"]).resolve()] = {"label": name, "role": "real continuation"}
+    for item in continuations:
+        files = item.get("files") or {}
+        index = item.get("prompt")
+        prompt = prompts[index] if isinstance(index, int) and 0 <= index < len(prompts) else {}
+        length = prompt.get("seconds") if prompt.get("file") else None  # no prompt audio: unconditional
+        fields = {"label": str(item.get("id", "continuation")), **short, "rank": item.get("rank"),
+                  "ranked": len(continuations)}
+        if _is_wav(files.get("audio")):
+            found[(base / files["audio"]).resolve()] = {**fields, "role": "prompt + continuation",
+                                                         **({"prompt_seconds": length} if length else {})}
+        if _is_wav(files.get("continuation")):
+            found[(base / files["continuation"]).resolve()] = {**fields, "role": "continuation only"}
+    return found
 
 
 def _is_wav(value) -> bool:
@@ -89,7 +144,9 @@ def read_manifests(folder: Path, notes: list[str]) -> dict[Path, dict]:
     entries: dict[Path, dict] = {}
     for path in sorted(Path(folder).rglob(MANIFEST_FILE), key=lambda p: len(p.parts)):
         try:
-            entries.update(manifest_entries(json.loads(path.read_text()), path.parent))
+            manifest = json.loads(path.read_text())
+            generated = isinstance(manifest, dict) and str(manifest.get("format", "")).startswith(GENERATION_FORMAT)
+            entries.update((generation_entries if generated else manifest_entries)(manifest, path.parent))
         except (OSError, json.JSONDecodeError) as error:
             notes.append(f"manifest {path} ignored: {error}")
     return entries
@@ -111,7 +168,9 @@ def find_examples(folder: Path) -> tuple[list[Example], list[str]]:
     folder, notes = Path(folder), []
     entries = read_manifests(folder, notes)
     examples = []
-    for path in sorted(folder.rglob("*.wav")) + sorted(folder.rglob("*.WAV")):
+    listed = {path: index for index, path in enumerate(entries)}  # the manifest's order first, then by path
+    paths = sorted(folder.rglob("*.wav")) + sorted(folder.rglob("*.WAV"))
+    for path in sorted(paths, key=lambda path: listed.get(path.resolve(), len(listed))):
         try:
             info = soundfile.info(str(path))
         except (RuntimeError, soundfile.LibsndfileError) as error:
@@ -121,8 +180,8 @@ def find_examples(folder: Path) -> tuple[list[Example], list[str]]:
         if continuation_only(path.stem) and "role" not in fields:
             fields = {**fields, "role": path.stem}
         name = next((str(fields[key]) for key in LABEL_KEYS if fields.get(key)), str(path.relative_to(folder)))
-        role = fields.get("role")
-        label = f"{name} ({role})" if role and role not in name else name
+        role = role_text(str(fields["role"])) if fields.get("role") else ""
+        label = f"{name} ({role})" if role else name
         details = {key: value for key, value in fields.items() if key not in (*LABEL_KEYS, "role")}
         examples.append(Example(path=path, label=label, sample_rate=int(info.samplerate),
                                 seconds=float(info.duration), channels=int(info.channels),

@@ -45,7 +45,9 @@ def kernel_name() -> str:
 
 
 def kernel_spec() -> dict:
-    return {"argv": [sys.executable, "-m", "ipykernel_launcher", "-f", "{connection_file}"],
+    # log level ERROR: ipykernel warns on every start that a local kernel talks over TCP without encryption
+    return {"argv": [sys.executable, "-m", "ipykernel_launcher", "-f", "{connection_file}",
+                     "--IPKernelApp.log_level=ERROR"],
             "display_name": f"Python ({KERNEL_PREFIX}, {Path(sys.prefix).name})", "language": "python",
             "metadata": {"debugger": True}}
 
@@ -123,6 +125,7 @@ def build_report(runs_dir: Path, studies: list[str] | None = None, name: str | N
                   "examples_dirs": [str(Path(folder).resolve()) for folder in examples_dirs or []],
                   "output_dir": str(directory.resolve()), "report_name": name}
     kernel = ensure_kernel()
+    logging.getLogger("papermill").setLevel(logging.WARNING)  # not its 'Executing notebook ...' lines
     failure = None
     with project_on_kernel_path():
         try:

@@ -18,6 +18,7 @@ from omegaconf import OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
 from analysis.audio_quality import quality_score
+from analysis.results import default_runs_dir
 
 log = logging.getLogger(__name__)
 RESULTS_NAME = "results.csv"
@@ -41,7 +42,7 @@ class SearchSettings:
     tpe_startup_trials: int = 5
     seed: int = 0
     out: str | None = None                  # default: <runs>/<study>/sampling-search beside the checkpoint
-    runs: str = "runs"                      # where study:NAME is looked up
+    runs: str = field(default_factory=lambda: str(default_runs_dir()))  # where study:NAME is looked up
 
     def validate(self) -> "SearchSettings":
         if self.sampler not in ("tpe", "grid"):
@@ -60,15 +61,18 @@ class SearchSettings:
 
 
 def make_sampler(settings: SearchSettings) -> optuna.samplers.BaseSampler:
-    """The sampler with every argument explicit, so results do not drift with Optuna's defaults."""
+    """The sampler with every argument explicit, so results do not drift with Optuna's defaults.
+
+    Optuna deprecated prior_weight, consider_magic_clip and consider_endpoints in 4.9 (removed in 6),
+    so they are not passed: TPE uses prior_weight 1.0 and magic clip, as before, and ignores the
+    bounds as kernel neighbours (consider_endpoints=False; searches before this change used True)."""
     if settings.sampler == "grid":
         return optuna.samplers.GridSampler(
             {"temperature": list(settings.grid_temperatures), "top_p": list(settings.grid_top_ps)},
             seed=settings.seed)
     return optuna.samplers.TPESampler(
         seed=settings.seed, n_startup_trials=settings.tpe_startup_trials, n_ei_candidates=24,
-        multivariate=True, group=False, consider_endpoints=True, prior_weight=1.0,
-        consider_magic_clip=True, constant_liar=False)
+        multivariate=True, group=False, constant_liar=False)
 
 
 def search_space(trial: optuna.Trial, settings: SearchSettings) -> tuple[float, float]:
@@ -84,6 +88,7 @@ def run_search(settings: SearchSettings, continuation_audio, real_audio: list[np
     """Optimise quality_score(continuation_audio(temperature, top_p), real_audio) over `settings.trials`
     trials (counting trials already stored in out/search.db) and write results, heatmap and best."""
     out.mkdir(parents=True, exist_ok=True)
+    optuna.logging.set_verbosity(optuna.logging.WARNING)  # each trial prints its own line below
     storage = optuna.storages.RDBStorage(f"sqlite:///{(out / 'search.db').resolve()}")
     study = optuna.create_study(study_name="sampling", storage=storage, direction="minimize",
                                 sampler=make_sampler(settings), load_if_exists=True)

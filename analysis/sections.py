@@ -29,7 +29,10 @@ MAX_EXAMPLES_PER_FOLDER = 32
 MAX_EMBED_BYTES = 64 * 1024 * 1024
 STYLE = ("<style>table.report-table{border-collapse:collapse;font-size:12px;margin:0.5em 0}"
          "table.report-table th,table.report-table td{border-bottom:1px solid #ddd;padding:2px 8px;"
-         "text-align:left;vertical-align:top}</style>")
+         "text-align:left;vertical-align:top}"
+         "div.report-scroll{max-width:100%;overflow-x:auto}"
+         "table.report-wide td{white-space:nowrap}"
+         "table.report-wide td:last-child{white-space:normal;overflow-wrap:anywhere;min-width:24em}</style>")
 LEVEL_COLOURS = {"error": "#b00020", "warning": "#8a4b00", "missing": "#555555", "note": "#1f4e79"}
 
 
@@ -81,6 +84,13 @@ def bullet_list(lines: list[str]) -> HTML:
 def table_html(frame: pd.DataFrame, index: bool = True) -> HTML:
     """A whole table as HTML (no truncation of rows, columns or long cells, unlike a DataFrame repr)."""
     return HTML(frame.to_html(index=index, escape=True, na_rep="", border=0, classes="report-table"))
+
+
+def wide_table_html(frame: pd.DataFrame) -> HTML:
+    """A table too wide for the page: its last column (e.g. a command) wraps, and what is still too wide
+    scrolls sideways inside its own box instead of being cut off."""
+    table = frame.to_html(index=False, escape=True, na_rep="", border=0, classes="report-table report-wide")
+    return HTML(f'<div class="report-scroll">{table}</div>')
 
 
 @dataclass(frozen=True)
@@ -261,12 +271,13 @@ def audio_examples(context: ReportContext) -> list:
 
 
 def example_items(example, context: ReportContext) -> list:
-    boundary = (f"; prompt 0–{example.prompt_seconds:g} s, continuation after" if example.prompt_seconds is not None
-                else "")
-    details = ", ".join(f"{key}={value}" for key, value in example.details.items() if key != "prompt_seconds")
-    caption = (f"{example.label}: {example.seconds:.2f} s at {example.sample_rate} Hz, {example.channels} channel(s)"
-               f"{boundary}" + (f" ({details})" if details else ""))
-    items = [HTML(f"<p><b>{html.escape(caption)}</b></p>")]
+    """A heading (name and role, settings in short), a player, and a spectrogram with the prompt boundary."""
+    boundary = (f"prompt 0–{example.prompt_seconds:g} s, continuation after (dashed line)"
+                if example.prompt_seconds is not None else "")
+    facts = [example.settings, f"{example.seconds:.2f} s at {example.sample_rate} Hz"
+             + ("" if example.channels == 1 else f", {example.channels} channels"), boundary]
+    items = [HTML(f"<p><b>{html.escape(example.label)}</b><br/><small>"
+                  f"{html.escape(' · '.join(fact for fact in facts if fact))}</small></p>")]
     if example.path.stat().st_size > MAX_EMBED_BYTES:
         return items + [paragraph(f"not embedded: {example.path} is larger than {MAX_EMBED_BYTES // 2**20} MiB")]
     items.append(Audio(filename=str(example.path), embed=True))
@@ -274,7 +285,9 @@ def example_items(example, context: ReportContext) -> list:
     result = spectrogram(samples, sample_rate)
     figure = plots.spectrogram_figure(result.times_seconds, result.frequencies_hz, result.decibels,
                                       title=example.label, boundary_seconds=example.prompt_seconds)
-    items.append(EmbeddedImage(plots.png_bytes(figure, dpi=80), alt=f"spectrogram of {example.label}"))
+    alt = f"spectrogram of {example.label}" + (f", prompt ends at {example.prompt_seconds:g} s"
+                                               if example.prompt_seconds is not None else "")
+    items.append(EmbeddedImage(plots.png_bytes(figure, dpi=80), alt=alt))
     return items
 
 
@@ -283,7 +296,7 @@ def appendix(context: ReportContext) -> list:
     if not context.results.studies:
         return [Missing("run records", "run a study; each trial writes run.json beside its checkpoints")]
     trials = reproducibility_table(context.results)
-    items = [heading("Trials", 4), table_html(trials, index=False)]
+    items = [heading("Trials", 4), wide_table_html(trials)]
     if context.tables_dir is not None:
         context.tables_dir.mkdir(parents=True, exist_ok=True)
         trials.to_csv(context.tables_dir / "reproducibility.csv", index=False)

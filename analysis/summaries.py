@@ -8,7 +8,7 @@ from datetime import datetime, timezone
 
 import pandas as pd
 
-from analysis.results import STATUSES, Results, Study
+from analysis.results import BOOKKEEPING_KEYS, STATUSES, Results, Study, flatten
 
 NOT_RECORDED = "not recorded"
 
@@ -35,6 +35,36 @@ def _distinct(values) -> str:
     return ", ".join(values) if values else NOT_RECORDED
 
 
+def seeds_text(seeds) -> str:
+    """'1 seed: 0' or '3 seeds: 0, 1, 2' (a bare '0' reads as no seeds)."""
+    values = sorted({int(seed) for seed in seeds})
+    if not values:
+        return NOT_RECORDED
+    return f"{len(values)} seed{'s' if len(values) > 1 else ''}: {', '.join(str(value) for value in values)}"
+
+
+def varied_text(study: Study, records: list[dict]) -> str:
+    """What the study varies, from its run records' configs: 'model.n_layers (2, 8)'; else the results
+    columns that vary; else 'seed only' (several seeds) or 'nothing (one trial)'."""
+    flats = [flatten(record.get("config") or {}) for record in records if record.get("config")]
+    keys = sorted({key for flat in flats for key in flat})
+    varied = {key: {str(flat.get(key)) for flat in flats} for key in keys if not key.startswith(BOOKKEEPING_KEYS)}
+    parts = [f"{key} ({', '.join(sorted(values, key=_natural))})" for key, values in varied.items() if len(values) > 1]
+    if not parts:
+        parts = [f"{key} ({_distinct(study.trials[key].dropna())})" for key in study.varied_keys]
+    if parts:
+        return "; ".join(parts)
+    return "seed only" if study.trials["seed"].dropna().nunique() > 1 else "nothing (one trial)"
+
+
+def _natural(text: str):
+    """Numbers by value, then everything else as text: 2 < 8 < 10 < 'None'."""
+    try:
+        return (0, float(text), "")
+    except ValueError:
+        return (1, 0.0, text)
+
+
 def study_overview(study: Study) -> dict:
     trials = study.trials
     records = [study.record(signature) for signature in trials["signature"]]
@@ -49,8 +79,8 @@ def study_overview(study: Study) -> dict:
         "scale": _distinct(trials["scale"]),
         "data": _distinct(trials["data"]) + (f" (stand-in for {_distinct(stand_ins)})" if stand_ins else ""),
         "trials": ", ".join(f"{int(counts[status])} {status}" for status in STATUSES if status in counts),
-        "seeds": _distinct(int(seed) for seed in trials["seed"].dropna()),
-        "varied": ", ".join(study.varied_keys) or "seed only",
+        "seeds": seeds_text(trials["seed"].dropna()),
+        "varied": varied_text(study, records),
         "parameters": _distinct(f"{int(value):,}" for value in pd.to_numeric(trials["parameters"], errors="coerce").dropna()),
         "hardware": _distinct(device_text(record.get("device") or {}) for record in records if record),
         "started": timestamp(min(started)) if started else NOT_RECORDED,

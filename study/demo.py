@@ -4,6 +4,7 @@ prompt file, the report. Every step reuses what an earlier demo finished; nothin
 """
 
 import argparse
+import contextlib
 import sys
 import time
 from pathlib import Path
@@ -11,8 +12,11 @@ from pathlib import Path
 import numpy as np
 import soundfile
 
-DEFAULT_RUNS = Path("runs/demo")
+from analysis.results import default_runs_dir
+
+DEFAULT_RUNS = default_runs_dir()  # $STUDY_RUNS or ./runs: where `study report` and `study search-sampling` look
 STUDIES = ("replicate", "ablation", "grid-dropout")
+STEPS = len(STUDIES) + 3  # the studies, the sampling search, the continuations, the report
 
 
 def write_prompt_file(path: Path, seconds: float = 2.0) -> Path:
@@ -24,56 +28,85 @@ def write_prompt_file(path: Path, seconds: float = 2.0) -> Path:
     return path
 
 
-def step(title: str) -> float:
-    print(f"\n=== {title} ===", flush=True)
-    return time.perf_counter()
+class Steps:
+    """Numbered steps with their elapsed time: '[2/6] study ablation ...', then 'done in 41 s'."""
+
+    def __init__(self, total: int):
+        self.total, self.number, self.timings = total, 0, {}
+        self.started = time.perf_counter()
+
+    @contextlib.contextmanager
+    def step(self, key: str, title: str):
+        self.number += 1
+        print(f"\n[{self.number}/{self.total}] {title}", flush=True)
+        begin = time.perf_counter()
+        yield
+        self.timings[key] = time.perf_counter() - begin
+        print(f"[{self.number}/{self.total}] {key} done in {duration(self.timings[key])} "
+              f"(total {duration(time.perf_counter() - self.started)})", flush=True)
+
+
+def duration(seconds: float) -> str:
+    """'41 s', or '8 min 05 s' from 90 s on."""
+    minutes, rest = divmod(int(round(seconds)), 60)
+    return f"{int(round(seconds))} s" if seconds < 90 else f"{minutes} min {rest:02d} s"
+
+
+def next_commands(runs: Path, checkpoint: Path, prompt: Path, overrides: list[str]) -> list[str]:
+    """What to run after the demo; they read the demo's runs folder with their default arguments."""
+    prefix = "" if runs == DEFAULT_RUNS.resolve() else f"STUDY_RUNS={runs} "
+    commands = [f"{prefix}make report    # rebuild the report from {runs}",
+                f"{prefix}make search    # the sampling search of study:replicate at its default settings",
+                f"study generate checkpoint={checkpoint} prompt={prompt} seconds=4 n=2"]
+    if not overrides:
+        commands.append(f"{prefix}make replicate SCALE=smoke    # finds the demo's trial finished")
+    return commands
 
 
 def run_demo(runs: Path, overrides: list[str], search_trials: int, prompt_seconds: float,
              continuation_seconds: float, report_out: Path) -> dict:
     from analysis.report import build_report, summary_markdown
-    from analysis.sampling_search import SearchSettings, search
+    from analysis.sampling_search import SearchSettings, resolve_checkpoint, search
     from study.generation.generator import Generator
-    from study.harness import run_study
     from study.generation.sampling import SamplingSettings
+    from study.harness import run_study
 
     runs = runs.resolve()
-    common = ["scale=smoke", f"paths.runs={runs}", *overrides]
-    timings, started = {}, time.perf_counter()
+    # paths.runs only when it is not the default, so `make replicate SCALE=smoke` is the same study
+    common = ["scale=smoke", *([] if runs == DEFAULT_RUNS.resolve() else [f"paths.runs={runs}"]), *overrides]
+    steps = Steps(STEPS)
     for name in STUDIES:
-        begin = step(f"study {name} (smoke scale)")
-        run_study(name, common)
-        timings[name] = time.perf_counter() - begin
+        with steps.step(name, f"study {name} (smoke scale, {runs / name})"):
+            run_study(name, common)
 
-    begin = step("sampling search over temperature and top-p")
-    settings = SearchSettings(checkpoint="study:replicate", runs=str(runs), trials=search_trials, n_prompts=2,
-                              prompt_seconds=prompt_seconds, seconds=continuation_seconds, tpe_startup_trials=3)
-    table, search_folder = search(settings)
-    best = table.sort_values("score").iloc[0]
-    timings["search"] = time.perf_counter() - begin
+    with steps.step("search", "sampling search over temperature and top-p"):
+        settings = SearchSettings(checkpoint="study:replicate", runs=str(runs), trials=search_trials, n_prompts=2,
+                                  prompt_seconds=prompt_seconds, seconds=continuation_seconds,
+                                  tpe_startup_trials=3)
+        table, search_folder = search(settings)
+        best = table.sort_values("score").iloc[0]
 
-    begin = step("continuations of a prompt file")
-    from analysis.sampling_search import resolve_checkpoint
     checkpoint = resolve_checkpoint("study:replicate", runs)
-    examples = runs / "replicate" / "examples"
-    if not examples.exists():
-        generator = Generator(checkpoint)
-        prompt = generator.prompt_from_file(write_prompt_file(runs / "prompt.wav"), seconds=1.0)
-        result = generator.generate([prompt], seconds=2.0, n=2, progress=True,
-                                    sampling=SamplingSettings(temperature=float(best.temperature),
-                                                              top_p=float(best.top_p)))
-        generator.save(result, examples)
-    print(f"examples: {examples}")
-    timings["generate"] = time.perf_counter() - begin
+    prompt_file = write_prompt_file(runs / "prompt.wav")
+    with steps.step("generate", "continuations of a prompt file"):
+        examples = runs / "replicate" / "examples"
+        if not examples.exists():
+            generator = Generator(checkpoint)
+            prompt = generator.prompt_from_file(prompt_file, seconds=1.0)
+            result = generator.generate([prompt], seconds=2.0, n=2, progress=True,
+                                        sampling=SamplingSettings(temperature=float(best.temperature),
+                                                                  top_p=float(best.top_p)))
+            generator.save(result, examples)
+        print(f"examples: {examples}")
 
-    begin = step("report")
-    paths = build_report(runs, name="demo", out_root=report_out)
-    timings["report"] = time.perf_counter() - begin
-    timings["total"] = time.perf_counter() - started
+    with steps.step("report", "report"):
+        paths = build_report(runs, name="demo", out_root=report_out)
+    timings = {**steps.timings, "total": time.perf_counter() - steps.started}
     print("\n" + summary_markdown(runs))
     print(f"sampling search: best temperature {best.temperature:.3f}, top_p {best.top_p:.3f} ({search_folder})")
-    print("step seconds: " + ", ".join(f"{k} {v:.0f}" for k, v in timings.items()))
+    print("step times: " + ", ".join(f"{key} {duration(value)}" for key, value in timings.items()))
     print(f"\nreport: {paths.html.resolve()}\nnotebook: {paths.notebook.resolve()}\nruns: {runs}")
+    print("\nnext:\n" + "\n".join(f"  {command}" for command in next_commands(runs, checkpoint, prompt_file, overrides)))
     return {"report": paths, "timings": timings}
 
 

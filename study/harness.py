@@ -26,6 +26,7 @@ from omegaconf import OmegaConf
 
 from study.config import CONFIG_DIR, compose_config
 from study.errors import ConfigError, StudyDefinitionError
+from study.progress import ProgressMonitor, ProgressWriter, Watched
 from study.training.experiment import Experiment, load_experiment
 from study.training.record import read_record, write_json_atomic
 
@@ -58,6 +59,7 @@ class Trial:
     seed: int
     overrides: list[str]            # everything `study train` needs to rebuild this trial
     experiment: Experiment = field(repr=False)
+    reused: Path | None = None      # a finished run folder of the same signature in another study
 
 
 def available_studies() -> list[str]:
@@ -186,10 +188,12 @@ def connect_ray(address: str | None):
     import ray
     if ray.is_initialized():
         return ray
+    # Ray's notice that token authentication is on (it is, for a local instance) is not actionable here
+    logging.getLogger("ray._private.authentication.authentication_token_setup").setLevel(logging.ERROR)
     if address:
-        ray.init(address=address, log_to_driver=False)
+        ray.init(address=address, log_to_driver=False, logging_level=logging.WARNING)
     else:
-        ray.init(num_cpus=os.cpu_count(), include_dashboard=False, log_to_driver=False)
+        ray.init(num_cpus=os.cpu_count(), include_dashboard=False, log_to_driver=False, logging_level=logging.WARNING)
     return ray
 
 
@@ -233,7 +237,8 @@ def trial_main(config: dict) -> None:
             shutil.copy2(run.checkpoint_dir / "last.pt", Path(directory) / "last.pt")
             tune.report(ray_safe(metrics), checkpoint=Checkpoint.from_directory(directory))
 
-    record = Run(experiment, reporter=report, command="study train " + " ".join(config["overrides"])).execute()
+    record = Run(experiment, reporter=report, command="study train " + " ".join(config["overrides"]),
+                 on_step=ProgressWriter(experiment.run_dir)).execute()
     tune.report({**ray_safe(record.get("final_metrics", {})), "done": True})
 
 
@@ -242,17 +247,30 @@ def ray_safe(metrics: dict) -> dict:
     return {k.replace("@", "_at_"): v for k, v in metrics.items() if isinstance(v, (int, float))}
 
 
+def finished_run_elsewhere(runs_root: Path, trial: Trial) -> Path | None:
+    """A finished run folder of the trial's signature in another study's folder (runs/<other>/<signature>/),
+    so a run two studies share trains once; None if there is none."""
+    signature = trial.experiment.signature
+    for folder in sorted(runs_root.glob(f"*/{signature}")):
+        record = read_record(folder)
+        if folder != trial.experiment.run_dir and record.get("status") == "finished" \
+                and record.get("signature") == signature:
+            return folder
+    return None
+
+
 def result_row(study: Study, trial: Trial, error: str | None = None) -> dict:
-    record = read_record(trial.experiment.run_dir)
+    run_dir = trial.reused or trial.experiment.run_dir
+    record = read_record(run_dir)
     status = record.get("status", "pending")
     if error and status != "finished":
         status = "failed"
     config = trial.experiment.config
     row = {"study": study.name, "trial": trial.label, "signature": trial.experiment.signature, "seed": trial.seed,
            "status": status, "error": error or record.get("error"), "wall_seconds": record.get("wall_seconds"),
-           "parameters": record.get("parameters"), "run_dir": str(trial.experiment.run_dir),
-           "checkpoint": (str(trial.experiment.run_dir / "checkpoints" / "best.pt")
-                          if (trial.experiment.run_dir / "checkpoints" / "best.pt").exists() else None),
+           "parameters": record.get("parameters"), "run_dir": str(run_dir),
+           "checkpoint": (str(run_dir / "checkpoints" / "best.pt")
+                          if (run_dir / "checkpoints" / "best.pt").exists() else None),
            "experiment": str(config.name), "data": str(trial.experiment.data.name),
            "scale": str(config.get("scale_name", "full"))}
     for override in trial.variation:
@@ -281,8 +299,12 @@ def run_study(name: str, overrides: list[str]) -> pd.DataFrame:
     config = compose_config(study.base + trial_overrides + harness_overrides)
     ray_settings = config.ray
     trials = plan_trials(study, trial_overrides)
-    folder = Path(str(trials[0].experiment.config.paths.runs)) / study.name
-    pending = [t for t in trials if read_record(t.experiment.run_dir).get("status") != "finished"]
+    runs_root = Path(str(trials[0].experiment.config.paths.runs))
+    folder = runs_root / study.name
+    for trial in trials:
+        if read_record(trial.experiment.run_dir).get("status") != "finished":
+            trial.reused = finished_run_elsewhere(runs_root, trial)
+    pending = [t for t in trials if t.reused is None and read_record(t.experiment.run_dir).get("status") != "finished"]
     ray_module = None
     if pending:  # refuse what cannot run before anything is written
         ray_module = connect_ray(ray_settings.address)
@@ -290,9 +312,15 @@ def run_study(name: str, overrides: list[str]) -> pd.DataFrame:
     claim_study_folder(folder, study, trial_overrides)
     print(f"study {study.name}: {len(trials)} trials ({len(trials) - len(pending)} already finished), "
           f"folder {folder}")
+    for number, trial in enumerate(trials, start=1):
+        if trial.reused is not None:
+            print(f"trial {number}/{len(trials)} {trial.label}: same signature as the finished run {trial.reused} "
+                  f"of study {trial.reused.parent.name}; reusing it, not training again")
     errors: dict[str, str] = {}
     if pending:
-        errors = launch(study, pending, ray_settings, folder)
+        watched = [Watched(number, trial.label, trial.experiment.run_dir)
+                   for number, trial in enumerate(trials, start=1) if any(trial is other for other in pending)]
+        errors = launch(study, pending, ray_settings, folder, ProgressMonitor(watched, total=len(trials)))
     table = write_results(folder, study, trials, errors)
     print_summary(study, table, folder)
     return table
@@ -310,7 +338,7 @@ def prepare_data(trials: list[Trial]) -> None:
             prepare(trial.experiment.data, trial.experiment.config.paths, progress=True)
 
 
-def launch(study: Study, trials: list[Trial], ray_settings, folder: Path) -> dict[str, str]:
+def launch(study: Study, trials: list[Trial], ray_settings, folder: Path, monitor: ProgressMonitor) -> dict[str, str]:
     from ray import tune
 
     gpus, cpus = float(ray_settings.gpus_per_trial), float(ray_settings.cpus_per_trial)
@@ -328,7 +356,8 @@ def launch(study: Study, trials: list[Trial], ray_settings, folder: Path) -> dic
     )
     print(f"launching {len(trials)} trials on Ray ({gpus:g} GPU, {cpus:g} CPU each); Ctrl-C stops, "
           "the same command resumes", flush=True)
-    results = tuner.fit()
+    with monitor:
+        results = tuner.fit()
     errors = {}
     for result in results:
         if result.error is not None:

@@ -141,3 +141,40 @@ def test_study_runs_on_a_multi_node_cluster(tmp_path, cache):
     finally:
         ray.shutdown()
         cluster.shutdown()
+
+
+def test_a_finished_run_is_reused_by_another_study_with_the_same_signature(tmp_path, cache, monkeypatch, capsys):
+    from analysis.results import load_results
+    from study.training.loop import train
+    monkeypatch.setattr(harness, "STUDY_DIR", tmp_path / "studies")
+    (tmp_path / "studies").mkdir()
+    (tmp_path / "studies" / "depth.yaml").write_text("base: []\nvariations: [[experiment=bigband-sashimi-2]]\n")
+    (tmp_path / "studies" / "dropout.yaml").write_text("base: [experiment=bigband-sashimi-2]\n"
+                                                       "variations: [[model.dropout=0.0]]\n")
+    arguments = [a for a in TINY if not a.startswith("ray.")] + paths(tmp_path, cache)
+    (first,) = harness.plan_trials(harness.load_study("depth"), arguments)
+    record = train(first.experiment)
+    monkeypatch.setattr(harness, "connect_ray", lambda address: pytest.fail("the reused trial was launched"))
+    table = run_study("dropout", arguments)
+    (row,) = table.to_dict("records")
+    assert row["signature"] == first.experiment.signature and row["status"] == "finished"
+    assert row["run_dir"] == str(first.experiment.run_dir) and Path(row["checkpoint"]).is_file()
+    assert row["final/val/bpb"] == record["final_metrics"]["final/val/bpb"] and row["model.dropout"] == 0.0
+    assert not (tmp_path / "runs" / "dropout" / first.experiment.signature).exists()   # nothing trained there
+    assert "reusing it, not training again" in capsys.readouterr().out
+    (loaded,) = load_results(tmp_path / "runs", ["dropout"]).studies
+    assert loaded.record(first.experiment.signature)["final_metrics"] == record["final_metrics"]
+
+
+@pytest.mark.slow
+def test_study_run_prints_progress_lines_off_a_terminal(tmp_path, cache):
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    command = [sys.executable, "-m", "study.cli", "run", "replicate", *TINY, *paths(tmp_path, cache), "ray.cpus_per_trial=1"]
+    result = subprocess.run(command, cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    lines = result.stdout.splitlines()
+    assert any(line.startswith("trial 1/1 seed=0: epoch 1/1 step ") and "tokens/s | loss " in line
+               and "| ETA " in line for line in lines), result.stdout
+    assert any(line.startswith("trial 1/1 seed=0: finished, val bpb ") for line in lines), result.stdout
+    noise = result.stdout + result.stderr
+    assert "Token authentication is enabled" not in noise and "Started a local Ray instance" not in noise

@@ -172,9 +172,9 @@ SHORT_VERSIONS = {
     "study train data=folder data.path=/music/mine model=sashimi-2 name=mine-sashimi-2": music_folder(
         "study train data=folder data.path=/music/mine model=sashimi-2 name=mine-sashimi-2",
         "finished: mine-sashimi-2"),
-    "study generate checkpoint=runs/demo/replicate/SIGNATURE/checkpoints/best.pt prompt=song.mp3 seconds=10 n=4":
+    "study generate checkpoint=runs/replicate/SIGNATURE/checkpoints/best.pt prompt=song.mp3 seconds=10 n=4":
         generate,
-    'make search ARGS="checkpoint=runs/demo/replicate/SIGNATURE/checkpoints/best.pt"': search,
+    'make search ARGS="checkpoint=runs/replicate/SIGNATURE/checkpoints/best.pt"': search,
     "make report": report(""),
     "study report": report(""),
     'make report ARGS="--studies replicate,ablation --name paper --print-table"':

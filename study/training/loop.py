@@ -83,6 +83,19 @@ def build_optimizer(model: SaShiMi, settings: TrainSettings) -> torch.optim.Opti
     return torch.optim.AdamW(groups, lr=settings.lr, betas=tuple(settings.betas), weight_decay=settings.weight_decay)
 
 
+def group_lr_names(groups: list[dict], settings: TrainSettings) -> list[str]:
+    """A name per optimizer group for its logged lr: lr/default (train.lr with train.weight_decay),
+    lr/no_weight_decay (train.lr, no decay), lr/ssm (the S4 kernel parameters' own lr)."""
+    names = []
+    for group in groups:
+        if group["lr"] != settings.lr:
+            name = "lr/ssm"
+        else:
+            name = "lr/default" if group["weight_decay"] == settings.weight_decay else "lr/no_weight_decay"
+        names.append(name if name not in names else f"{name}_{names.count(name) + 1}")
+    return names
+
+
 def build_scheduler(optimizer, settings: TrainSettings, steps_per_epoch: int):
     """plateau: ReduceLROnPlateau on val loss per epoch (official); cosine: linear warmup then
     cosine to min_lr per step; constant: none."""
@@ -137,11 +150,12 @@ class Run:
     """One training run in its folder: data, model, optimizer, checkpoints, tracking, record."""
 
     def __init__(self, experiment: Experiment, reporter: Callable[[dict, "Run"], None] | None = None,
-                 command: str = ""):
+                 command: str = "", on_step: Callable[..., None] | None = None):
         self.experiment = experiment
         self.command = command
         self.settings = experiment.train
-        self.reporter = reporter
+        self.reporter = reporter    # after each epoch: reporter(metrics, run)
+        self.on_step = on_step      # after each step: on_step(epoch, epochs, step, steps, loss, tokens_per_second)
         self.run_dir = experiment.run_dir
         self.checkpoint_dir = self.run_dir / "checkpoints"
         self.device = select_device(self.settings.device)
@@ -183,6 +197,7 @@ class Run:
             load_weights(self.model, payload["model_state"], source=str(source))
             log.info("initialised weights from %s (fresh optimizer and schedule)", source)
         self.optimizer = build_optimizer(self.model, self.settings)
+        self.lr_names = group_lr_names(self.optimizer.param_groups, self.settings)
         self.scheduler = build_scheduler(self.optimizer, self.settings, self.steps_per_epoch)
         self.forward = torch.compile(self.model) if self.settings.compile else self.model
         self.progress = Progress()
@@ -277,6 +292,9 @@ class Run:
                 rate = tokens_per_step * len(losses) / (time.perf_counter() - started)
                 bar.set_postfix(loss=f"{loss:.4f}", tokens_per_s=f"{rate:,.0f}")
                 bar.update(1)
+                if self.on_step is not None:
+                    self.on_step(epoch + 1, self.settings.max_epochs, progress.batch_in_epoch, self.steps_per_epoch,
+                                 loss, rate)
                 if bar.disable and progress.step % self.settings.log_every_steps == 0:
                     log.info("epoch %d step %d/%d loss %.4f tokens/s %.0f", epoch + 1, progress.batch_in_epoch,
                              self.steps_per_epoch, loss, rate)
@@ -287,8 +305,7 @@ class Run:
         return float(np.mean(losses)) if losses else math.nan
 
     def _end_epoch(self, epoch: int, train_loss: float) -> dict:
-        metrics = {"epoch": epoch + 1, "step": self.progress.step, "train/loss": train_loss,
-                   "lr": self.optimizer.param_groups[0]["lr"]}
+        metrics = {"epoch": epoch + 1, "step": self.progress.step, "train/loss": train_loss, **self._learning_rates()}
         for split, loader in self.eval_loaders.items():
             metrics.update(prefixed(evaluate(self.model, loader, self.device, self.settings.precision,
                                              self.settings.max_eval_windows), split))
@@ -311,6 +328,11 @@ class Run:
         if self.reporter is not None:
             self.reporter(metrics, self)
         return metrics
+
+    def _learning_rates(self) -> dict[str, float]:
+        """lr: train.lr as scheduled now (the base group's lr); lr/<group>: every group's lr."""
+        rates = {name: group["lr"] for name, group in zip(self.lr_names, self.optimizer.param_groups)}
+        return {"lr": rates.get("lr/default", rates.get("lr/no_weight_decay", self.settings.lr)), **rates}
 
     def _final_metrics(self) -> dict:
         best = load_checkpoint(self.checkpoint_dir / "best.pt", map_location=self.device)

@@ -131,11 +131,29 @@ def write_wav(path: Path, seconds: float, frequency: float, sample_rate: int = 1
 
 
 def write_examples(folder: Path) -> None:
+    """The files and manifest.json `study generate` writes for one split prompt and one continuation."""
     folder.mkdir(parents=True, exist_ok=True)
-    write_wav(folder / "prompt_continuation_0.wav", 0.5, 440.0)
-    write_wav(folder / "continuation_0.wav", 0.25, 660.0)
-    manifest = {"examples": [{"prompt_continuation": "prompt_continuation_0.wav", "continuation": "continuation_0.wav",
-                              "prompt_seconds": 0.25, "temperature": 1.0}]}
+    write_wav(folder / "prompt00.wav", 0.25, 440.0)
+    write_wav(folder / "prompt00-reference.wav", 0.25, 440.0)
+    write_wav(folder / "prompt00-sample00.wav", 0.5, 660.0)
+    write_wav(folder / "prompt00-sample00-continuation.wav", 0.25, 660.0)
+    manifest = {
+        "format": "sashimi-study/generation/1", "created": "2025-10-09T12:00:00+0000",
+        "settings": {"seconds": 0.25, "samples": 4000, "n": 1, "batch_size": 1, "seed": 0,
+                     "temperature": 0.9, "top_k": 0, "top_p": 0.95},
+        "checkpoint": {"path": "/runs/replicate/abc/checkpoints/best.pt", "sha256": "0" * 64, "step": 36},
+        "device": "cpu",
+        "prompts": [{"name": "prompt00", "kind": "split", "split": "test", "window": 0, "seconds": 0.25,
+                     "samples": 4000, "index": 0, "source": "split:test:0", "file": "prompt00.wav",
+                     "reference_file": "prompt00-reference.wav",
+                     "log_likelihood": {"sum_nats": -9000.0, "mean_nats": -2.25}}],
+        "continuations": [{"id": "prompt00-sample00", "prompt": 0, "sample": 0, "stream": 0, "rank": 1,
+                           "files": {"audio": "prompt00-sample00.wav",
+                                     "continuation": "prompt00-sample00-continuation.wav",
+                                     "spectrogram": "prompt00-sample00.png"},
+                           "log_likelihood": {"model": {"sum_nats": -8000.0, "mean_nats": -2.0}}}],
+        "timings": {"prompt_seconds": 0.7, "generation_seconds": 1.5},
+    }
     (folder / "manifest.json").write_text(json.dumps(manifest))
 
 

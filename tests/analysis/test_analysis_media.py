@@ -16,15 +16,22 @@ from analysis_fixture import write_wav
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 
 
-def test_examples_use_the_manifest_only_for_labels(fixture):
+def test_examples_read_the_manifest_study_generate_writes(fixture):
     examples, notes = find_examples(fixture.examples_dir)
     assert notes == []
     by_name = {example.path.name: example for example in examples}
-    assert set(by_name) == {"continuation_0.wav", "prompt_continuation_0.wav"}
-    assert by_name["prompt_continuation_0.wav"].prompt_seconds == 0.25
-    assert by_name["continuation_0.wav"].prompt_seconds is None            # continuation only: no boundary
-    assert by_name["prompt_continuation_0.wav"].seconds == 0.5
-    assert by_name["continuation_0.wav"].details["temperature"] == 1.0
+    assert set(by_name) == {"prompt00.wav", "prompt00-reference.wav", "prompt00-sample00.wav",
+                            "prompt00-sample00-continuation.wav"}
+    whole, alone = by_name["prompt00-sample00.wav"], by_name["prompt00-sample00-continuation.wav"]
+    assert whole.prompt_seconds == 0.25 and whole.seconds == 0.5   # the prompt's length, not its timing
+    assert alone.prompt_seconds is None                            # continuation only: no boundary
+    assert whole.label == "prompt00-sample00 (prompt + continuation)"
+    assert alone.label == "prompt00-sample00 (continuation only)"
+    assert by_name["prompt00-reference.wav"].label == "prompt00 (real continuation)"
+    assert by_name["prompt00.wav"].label == "prompt00 (prompt)"
+    assert whole.settings == "temperature 0.9, top-p 0.95, seed 0, rank 1 of 1"      # top-k 0 (no cut) left out
+    assert [example.path.name for example in examples] == [                          # the manifest's order
+        "prompt00.wav", "prompt00-reference.wav", "prompt00-sample00.wav", "prompt00-sample00-continuation.wav"]
 
 
 def test_examples_without_or_with_a_broken_manifest_are_still_found(tmp_path):

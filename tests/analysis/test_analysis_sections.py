@@ -30,7 +30,7 @@ def test_sections_from_the_fixture(fixture, tmp_path):
     assert "2.4050 ± 0.0071" in _html(content["grid_section"])
     assert "No sampling search for: ablation, grid-dropout." in _html(content["sampling"])
     audio = [item for item in content["audio_examples"] if isinstance(item, Audio)]
-    assert len(audio) == 2 and all(item.data[:4] == b"RIFF" for item in audio)
+    assert len(audio) == 4 and all(item.data[:4] == b"RIFF" for item in audio)   # prompt, real continuation, prompt + continuation, continuation alone
     appendix = _html(content["appendix"])
     assert "study train experiment=bigband-sashimi-2 scale=full seed=2" in appendix and "0123456789ab" in appendix
     exported = sorted(path.name for path in (tmp_path / "out").rglob("*") if path.is_file())

@@ -179,3 +179,12 @@ def test_init_from_loads_weights_and_refuses_other_shapes(tmp_path, data_cache):
                                 f"train.init_from={source.signature}"))
     record = train(same)
     assert record["status"] == "finished"
+
+
+def test_logged_lr_is_train_lr_and_each_group_has_its_own(tmp_path, data_cache):
+    experiment = load_experiment(tiny(tmp_path, data_cache, "train.max_epochs=1", "train.max_steps_per_epoch=2",
+                                      "train.lr=0.004", "train.weight_decay=0.01", "model.ssm_lr=0.001"))
+    (epoch,) = train(experiment)["history"]
+    assert epoch["lr"] == 0.004
+    assert {key: value for key, value in epoch.items() if key.startswith("lr/")} == {
+        "lr/default": 0.004, "lr/no_weight_decay": 0.004, "lr/ssm": 0.001}
