@@ -79,7 +79,7 @@ def load_checkpoint(path: Path, map_location: str | torch.device = "cpu") -> dic
 
 def refused_global(error: Exception) -> str:
     """' (it names NAME)' for torch's 'Unsupported global: GLOBAL NAME', else ''; never torch's advice."""
-    match = re.search(r"Unsupported global: GLOBAL ([\w.]+)", str(error))
+    match = re.search(r"(?i)unsupported global:? (?:GLOBAL )?([\w.]+)", str(error))
     return f" (it asks to import {match.group(1)})" if match else ""
 
 
@@ -103,7 +103,12 @@ def model_config_of(payload: dict) -> ModelConfig:
 def load_model(path: Path, map_location: str | torch.device = "cpu") -> tuple[SaShiMi, dict]:
     """Rebuild the model stored in a checkpoint; returns (model in eval mode, payload)."""
     payload = load_checkpoint(path, map_location)
-    model = SaShiMi(model_config_of(payload))
+    config = model_config_of(payload)
+    try:
+        model = SaShiMi(config)
+    except (TypeError, ValueError, RuntimeError) as error:
+        raise CheckpointError(f"{path}: its model_config cannot build a model ({type(error).__name__}: {error}); "
+                              "use a last.pt or best.pt that `study train` wrote") from error
     load_weights(model, payload["model_state"], source=str(path))
     return model.to(map_location).eval(), payload
 
