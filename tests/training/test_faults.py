@@ -273,3 +273,26 @@ def test_a_second_training_of_the_same_config_is_refused_and_sigterm_interrupts_
     assert record["status"] == "interrupted" and record["interrupted"]["signal"] == "SIGTERM"
     assert load_checkpoint(last)["progress"]["step"] == record["interrupted"]["step"] > 0
     RunLock(experiment.run_dir, "run").acquire().release()  # the lock went with its process
+
+
+# -- names stay inside their roots ---------------------------------------------------------------------------
+@pytest.mark.parametrize("override, message", [
+    ("run_group=../../x", "run_group='../../x' is not a plain name"),
+    ("run_group=/tmp/elsewhere", "is not a plain name"),
+    ("experiment=../../../etc/x", "experiment='../../../etc/x' is not one of the experiment configs"),
+    ("data=../study/replicate", "data='../study/replicate' is not one of the data configs"),
+    ("experiment=youtubemix-sashimi-9", "is not one of the experiment configs: bigband-sashimi-2"),
+])
+def test_user_names_cannot_leave_their_folders(override, message):
+    with pytest.raises(ConfigError, match=message):
+        load_experiment([override])
+
+
+def test_search_sampling_writes_inside_the_run_or_study_folder(tmp_path):
+    from analysis.sampling_search import default_output
+    run_checkpoint = tmp_path / "runs" / "train" / "abc123" / "checkpoints" / "best.pt"
+    assert default_output(str(run_checkpoint), run_checkpoint, tmp_path / "runs") == run_checkpoint.parents[1] / "sampling-search"
+    loose = tmp_path / "models" / "best.pt"
+    assert default_output(str(loose), loose, tmp_path / "runs") == tmp_path / "models" / "sampling-search"
+    study = tmp_path / "runs" / "replicate" / "abc" / "checkpoints" / "best.pt"
+    assert default_output("study:replicate", study, tmp_path / "runs") == tmp_path / "runs" / "replicate" / "sampling-search"
