@@ -1,6 +1,7 @@
 """`study train`: the official SaShiMi recipe as one plain loop, resumable bit for bit after a kill.
 
-Order per step: forward, loss, NaN check, backward, clip, optimizer step, schedule, log, checkpoint.
+Order per step: forward, loss, NaN check, backward, clip, optimizer step, weight check, schedule, log,
+checkpoint (after SIGINT/SIGTERM: a final checkpoint, then stop). One process per run folder (a lock).
 It never overwrites a good checkpoint with a bad one and never loads one with full pickle.
 """
 
@@ -25,7 +26,7 @@ from study.training.checkpoint import (CheckpointError, load_checkpoint, load_we
                                        save_checkpoint)
 from study.config import ConfigError
 from study.errors import StudyError
-from study.files import check_writable, disk_problem, remove_stale_temporaries
+from study.files import check_writable, checked_name, disk_problem, remove_stale_temporaries
 from study.training.lock import RunLock
 from study.training.experiment import Experiment, TrainSettings, load_experiment
 from study.training.metrics import MetricSums, prefixed
@@ -495,6 +496,7 @@ def resolve_init_from(value: str, runs_root: Path) -> Path:
     path = Path(value).expanduser()
     if path.is_file():
         return path
+    checked_name(value, "train.init_from", "pass a checkpoint file that exists, or a run signature")
     matches = sorted(runs_root.glob(f"*/{value}*/checkpoints/best.pt"))
     if len(matches) == 1:
         return matches[0]

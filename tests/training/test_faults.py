@@ -249,6 +249,7 @@ def wait_for(condition, what: str, process: subprocess.Popen, limit: float = 240
         time.sleep(0.2)
 
 
+@pytest.mark.slow
 def test_a_second_training_of_the_same_config_is_refused_and_sigterm_interrupts_cleanly(tmp_path, data_cache):
     arguments = tiny(tmp_path, data_cache, "train.max_epochs=1000", "train.checkpoint_every_steps=1")
     experiment = load_experiment(arguments)
@@ -296,3 +297,17 @@ def test_search_sampling_writes_inside_the_run_or_study_folder(tmp_path):
     assert default_output(str(loose), loose, tmp_path / "runs") == tmp_path / "models" / "sampling-search"
     study = tmp_path / "runs" / "replicate" / "abc" / "checkpoints" / "best.pt"
     assert default_output("study:replicate", study, tmp_path / "runs") == tmp_path / "runs" / "replicate" / "sampling-search"
+
+
+def test_a_last_checkpoint_that_cannot_resume_is_a_checkpoint_error(tmp_path, data_cache):
+    experiment = load_experiment(tiny(tmp_path, data_cache))
+    save_checkpoint(experiment.run_dir / "checkpoints" / "last.pt", {"model_config": {}, "model_state": {}})
+    with pytest.raises(CheckpointError, match="lacks 'optimizer_state', 'scheduler_state', 'rng', 'progress' "
+                                              r"\(needed to resume\).*move the file away"):
+        train(experiment)
+    assert json.loads((experiment.run_dir / "run.json").read_text())["status"] == "failed"
+
+
+def test_init_from_is_a_file_or_a_signature_never_a_pattern_outside_the_runs(tmp_path, data_cache):
+    with pytest.raises(ConfigError, match="train.init_from='../../elsewhere' is not a plain name"):
+        train(load_experiment(tiny(tmp_path, data_cache, "train.init_from=../../elsewhere")))
