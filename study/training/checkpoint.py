@@ -70,7 +70,7 @@ def load_checkpoint(path: Path, map_location: str | torch.device = "cpu") -> dic
     if payload.get("format") != FORMAT:
         raise CheckpointError(f"{path} has format {payload.get('format')!r}, expected {FORMAT!r}; "
                               "pass a file written by `study train` (last.pt or best.pt)")
-    require_keys(payload, REQUIRED_KEYS, path, "")
+    require_keys(payload, REQUIRED_KEYS, path)
     if not isinstance(payload["model_config"], dict) or not isinstance(payload["model_state"], dict):
         raise CheckpointError(f"{path}: 'model_config' and 'model_state' must be dicts; the file was not written "
                               "by `study train`; use a last.pt or best.pt that it wrote")
@@ -83,12 +83,11 @@ def refused_global(error: Exception) -> str:
     return f" (it asks to import {match.group(1)})" if match else ""
 
 
-def require_keys(payload: dict, keys: tuple[str, ...], path: Path, purpose: str) -> None:
+def require_keys(payload: dict, keys: tuple[str, ...], path: Path, purpose: str = "", fix: str = "") -> None:
     missing = [key for key in keys if key not in payload]
     if missing:
         raise CheckpointError(f"{path} lacks {', '.join(repr(k) for k in missing)}{purpose}; it was not written by "
-                              "this version of `study train`: use a last.pt or best.pt that it wrote, or move "
-                              "the file away to start the run afresh")
+                              f"this version of `study train`: use a last.pt or best.pt that it wrote{fix}")
 
 
 def model_config_of(payload: dict) -> ModelConfig:

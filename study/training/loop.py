@@ -237,7 +237,7 @@ class Run:
         if not last.exists():
             return False
         payload = load_checkpoint(last, map_location=self.device)
-        require_keys(payload, RESUME_KEYS, last, " (needed to resume)")
+        require_keys(payload, RESUME_KEYS, last, " (needed to resume)", ", or move the file away to start the run afresh")
         load_weights(self.model, payload["model_state"], source=str(last))
         try:
             self.optimizer.load_state_dict(payload["optimizer_state"])
@@ -313,7 +313,7 @@ class Run:
         if not self._weights_finite():
             raise TrainingDiverged(
                 f"the weights became non-finite in the optimizer step at step {self.progress.step + 1} (epoch "
-                f"{self.progress.epoch + 1}, loss {loss.item():.4f}, lr {self.optimizer.param_groups[0]['lr']}); "
+                f"{self.progress.epoch + 1}, loss {loss.item():.4f}, largest lr {max(g['lr'] for g in self.optimizer.param_groups)}); "
                 f"the last checkpoint with finite weights is kept in {self.checkpoint_dir}. "
                 "Lower train.lr or set train.gradient_clip")
         if self.settings.schedule == "cosine":
