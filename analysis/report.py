@@ -20,6 +20,7 @@ import analysis
 from analysis.export import to_markdown
 from analysis.results import default_runs_dir, load_results
 from analysis.tables import workshop_table
+from study.files import file_mode
 
 PROJECT_ROOT = Path(analysis.__file__).resolve().parents[1]
 TEMPLATE = PROJECT_ROOT / "reports" / "study_report.ipynb"
@@ -70,6 +71,7 @@ def ensure_kernel() -> str:
                 return name
             folder.mkdir(parents=True, exist_ok=True)
             descriptor, temporary = tempfile.mkstemp(dir=folder, suffix=".tmp")
+            os.fchmod(descriptor, file_mode())
             with os.fdopen(descriptor, "w") as handle:
                 json.dump(spec, handle, indent=1)
             os.replace(temporary, path)

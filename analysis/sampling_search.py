@@ -41,7 +41,7 @@ class SearchSettings:
     grid_top_ps: list = field(default_factory=lambda: [0.8, 0.9, 0.95, 1.0])
     tpe_startup_trials: int = 5
     seed: int = 0
-    out: str | None = None                  # default: <runs>/<study>/sampling-search beside the checkpoint
+    out: str | None = None                  # default: sampling-search in the study folder or the checkpoint's run folder
     runs: str = field(default_factory=lambda: str(default_runs_dir()))  # where study:NAME is looked up
 
     def validate(self) -> "SearchSettings":
@@ -177,12 +177,22 @@ def parse_settings(argv: list[str]) -> SearchSettings:
     return SearchSettings(**OmegaConf.to_container(merged, resolve=True)).validate()
 
 
+def default_output(value: str, checkpoint: Path, runs: Path) -> Path:
+    """study:NAME -> <runs>/NAME/sampling-search (the study folder); a checkpoint in a run folder
+    (<run>/checkpoints/best.pt) -> <run>/sampling-search; any other file -> sampling-search beside it."""
+    if value.startswith("study:"):
+        return runs / value.removeprefix("study:") / "sampling-search"
+    if checkpoint.parent.name == "checkpoints":
+        return checkpoint.parent.parent / "sampling-search"
+    return checkpoint.parent / "sampling-search"
+
+
 def search(settings: SearchSettings) -> tuple[pd.DataFrame, Path]:
     from study.generation.generator import Generator
     from study.generation.sampling import SamplingSettings
 
     checkpoint = resolve_checkpoint(settings.checkpoint, Path(settings.runs))
-    out = Path(settings.out) if settings.out else checkpoint.parent.parent.parent / "sampling-search"
+    out = Path(settings.out) if settings.out else default_output(settings.checkpoint, checkpoint, Path(settings.runs))
     generator = Generator(checkpoint)
     prompts, references = held_out_prompts(generator, settings)
     rate = generator.audio.sample_rate

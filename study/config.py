@@ -18,6 +18,7 @@ CONFIG_DIR = Path(__file__).resolve().parent.parent / "experiments"
 
 def compose_config(overrides: list[str] | tuple[str, ...] = (), config_name: str = "config") -> DictConfig:
     """The resolved config for `overrides` (e.g. ["model=sashimi-2", "train.lr=0.002"])."""
+    check_group_choices(overrides)
     try:
         with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base="1.3", job_name="study"):
             config = compose(config_name=config_name, overrides=list(overrides))
@@ -37,3 +38,14 @@ def config_groups() -> dict[str, list[str]]:
     for folder in sorted(p for p in CONFIG_DIR.iterdir() if p.is_dir()):
         groups[folder.name] = sorted(f.stem for f in folder.glob("*.yaml"))
     return groups
+
+
+def check_group_choices(overrides) -> None:
+    """Refuse a config group choice that is not one of the group's files (`experiment=../../x`,
+    `data=../study/replicate`, a typo that `optional experiment` would silently skip)."""
+    groups = config_groups()
+    for override in overrides:
+        key, separator, value = str(override).lstrip("+").partition("=")
+        if separator and key in groups and value not in groups[key] and value != "null":
+            raise ConfigError(f"{key}={value!r} is not one of the {key} configs: {', '.join(groups[key])} "
+                              f"(files in {CONFIG_DIR / key}); pick one of those or add {CONFIG_DIR / key}/<name>.yaml")

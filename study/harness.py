@@ -25,7 +25,8 @@ os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
 from omegaconf import OmegaConf
 
 from study.config import CONFIG_DIR, compose_config
-from study.errors import ConfigError, StudyDefinitionError
+from study.errors import ConfigError, StudyDefinitionError, StudyError
+from study.files import check_writable, checked_name, folder_mode
 from study.progress import ProgressMonitor, ProgressWriter, Watched
 from study.training.experiment import Experiment, load_experiment
 from study.training.record import read_record, write_json_atomic
@@ -67,11 +68,25 @@ def available_studies() -> list[str]:
 
 
 def load_study(name: str) -> Study:
+    try:
+        checked_name(name, "study", f"name a study in {STUDY_DIR}: {', '.join(available_studies())}")
+    except ConfigError as error:
+        raise StudyDefinitionError(str(error)) from None
     path = STUDY_DIR / f"{name}.yaml"
     if not path.is_file():
         raise StudyDefinitionError(f"unknown study {name!r}; available: {', '.join(available_studies())} "
                          f"(add one as {STUDY_DIR}/<name>.yaml)")
-    content = yaml.safe_load(path.read_text()) or {}
+    try:
+        content = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as error:
+        where = getattr(error, "problem_mark", None)
+        line = f" at line {where.line + 1}, column {where.column + 1}" if where is not None else ""
+        problem = getattr(error, "problem", None) or str(error).splitlines()[0]
+        raise StudyDefinitionError(f"{path} is not valid YAML{line} ({problem}); fix the file "
+                                   "(a study file is a mapping with base: [...] and variations: [[...]])") from None
+    if not isinstance(content, dict):
+        raise StudyDefinitionError(f"{path} holds a {type(content).__name__}, not a mapping; a study file has "
+                                   f"keys {sorted(STUDY_KEYS)}")
     unknown = sorted(set(content) - STUDY_KEYS)
     if unknown:
         raise StudyDefinitionError(f"{path}: unknown key {unknown[0]!r}; a study file has {sorted(STUDY_KEYS)}")
@@ -81,6 +96,12 @@ def load_study(name: str) -> Study:
     variations = content["variations"]
     if not isinstance(variations, list) or not all(isinstance(v, list) for v in variations):
         raise StudyDefinitionError(f"{path}: 'variations' must be a list of override lists, e.g. [[model.dropout=0.1]]")
+    if not variations:
+        raise StudyDefinitionError(f"{path}: 'variations' is empty, so the study has no trials; list at least one, "
+                                   "e.g. [[model.dropout=0.1]], or [[]] for the base config alone")
+    seeds = content.get("seeds", [0])
+    if not isinstance(seeds, list) or not seeds or not all(isinstance(seed, int) for seed in seeds):
+        raise StudyDefinitionError(f"{path}: 'seeds' must be a non-empty list of integers, e.g. [0, 1, 2]")
     return Study(name=name, path=path, description=str(content.get("description", "")),
                  base=[str(o) for o in content["base"]], variations=[[str(o) for o in v] for v in variations],
                  seeds=[int(s) for s in content.get("seeds", [0])], metric=str(content.get("metric", "final/val/bpb")),
@@ -119,6 +140,10 @@ def window_for_rate(overrides: list[str], variation: list[str]) -> list[str]:
 
 def best_checkpoint(runs_root: Path, study: str) -> Path:
     """best.pt of the finished trial of `study` with the lowest final/val/bpb."""
+    try:
+        checked_name(study, "study", "refer to a study by its name, e.g. study:replicate")
+    except ConfigError as error:
+        raise StudyDefinitionError(str(error)) from None
     results = runs_root / study / "results.parquet"
     if not results.is_file():
         raise StudyDefinitionError(f"study {study!r} has no results at {results}; run `study run {study}` first "
@@ -234,6 +259,7 @@ def trial_main(config: dict) -> None:
 
     def report(metrics: dict, run: Run) -> None:
         with tempfile.TemporaryDirectory() as directory:
+            os.chmod(directory, folder_mode())  # Ray copies it into shared storage
             shutil.copy2(run.checkpoint_dir / "last.pt", Path(directory) / "last.pt")
             tune.report(ray_safe(metrics), checkpoint=Checkpoint.from_directory(directory))
 
@@ -300,7 +326,7 @@ def run_study(name: str, overrides: list[str]) -> pd.DataFrame:
     ray_settings = config.ray
     trials = plan_trials(study, trial_overrides)
     runs_root = Path(str(trials[0].experiment.config.paths.runs))
-    folder = runs_root / study.name
+    folder = check_writable(runs_root / study.name, "paths.runs")
     for trial in trials:
         if read_record(trial.experiment.run_dir).get("status") != "finished":
             trial.reused = finished_run_elsewhere(runs_root, trial)
@@ -375,13 +401,12 @@ def print_summary(study: Study, table: pd.DataFrame, folder: Path) -> None:
 
 
 def main(argv: list[str]) -> int:
-    from study.data import DataError
     if not argv or argv[0].startswith("-"):
         print(f"usage: study run STUDY [overrides]\nstudies: {', '.join(available_studies())}", file=sys.stderr)
         return 2
     try:
         table = run_study(argv[0], argv[1:])
-    except (StudyDefinitionError, ConfigError, DataError) as error:
+    except StudyError as error:
         print(f"study run: {error}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:

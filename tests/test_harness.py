@@ -81,6 +81,41 @@ def test_bad_study_files_name_the_file_and_key(tmp_path, monkeypatch):
         run_study("broken", TINY)
 
 
+@pytest.mark.parametrize("text, message", [
+    ("base: [\n  - scale=smoke\nvariations: [[]]\n", r"bad.yaml is not valid YAML at line \d+, column \d+"),
+    ("base: []\nvariations: []\n", r"bad.yaml: 'variations' is empty, so the study has no trials"),
+    ("base: []\nvariations: [[]]\nseeds: []\n", r"bad.yaml: 'seeds' must be a non-empty list of integers"),
+    ("- just\n- a list\n", r"bad.yaml holds a list, not a mapping"),
+])
+def test_broken_study_files_are_definition_errors(tmp_path, monkeypatch, capsys, text, message):
+    monkeypatch.setattr(harness, "STUDY_DIR", tmp_path)
+    (tmp_path / "bad.yaml").write_text(text)
+    with pytest.raises(StudyDefinitionError, match=message):
+        run_study("bad", [])
+    assert harness.main(["bad"]) == 2
+    assert "Traceback" not in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("name", ["../study/replicate", "../../etc/passwd", "/etc/hosts", ".hidden", "a/b"])
+def test_a_study_name_is_a_name_not_a_path(tmp_path, monkeypatch, name):
+    monkeypatch.setattr(harness, "STUDY_DIR", tmp_path / "studies")
+    (tmp_path / "study").mkdir()
+    (tmp_path / "study" / "replicate.yaml").write_text("base: []\nvariations: [[]]\n")
+    with pytest.raises(StudyDefinitionError, match="is not a plain name"):
+        run_study(name, [])
+    with pytest.raises(StudyDefinitionError, match="is not a plain name"):
+        harness.best_checkpoint(tmp_path / "runs", name)
+
+
+def test_an_unwritable_runs_folder_fails_before_ray_or_data(tmp_path, cache, small_filesystem, monkeypatch):
+    runs = small_filesystem(64, read_only=True)
+    monkeypatch.setattr(harness, "connect_ray", lambda address: pytest.fail("Ray started for an unwritable folder"))
+    started = time.time()
+    with pytest.raises(harness.ConfigError, match="cannot write to .*read-only.*paths.runs="):
+        run_study("replicate", TINY + [f"paths.runs={runs}", f"paths.data_cache={cache}"])
+    assert time.time() - started < 60
+
+
 def test_a_study_folder_is_not_mixed_with_another_definition(tmp_path, cache):
     study = harness.load_study("grid-lr")
     folder = tmp_path / "runs" / "grid-lr"

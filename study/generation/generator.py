@@ -28,7 +28,6 @@ import math
 import os
 import shutil
 import sys
-import tempfile
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -42,6 +41,7 @@ from omegaconf.errors import OmegaConfBaseException
 from tqdm import tqdm
 
 from study.errors import GenerationError
+from study.files import make_temporary_folder
 from study.training.checkpoint import CheckpointError, load_model
 from study.data import DataError
 from study.data.audio_io import UnusableAudioError, iter_audio, read_info
@@ -572,7 +572,7 @@ class OutputFolder:
                                   "output= or move it away (outputs are never overwritten)")
         try:
             self.path.parent.mkdir(parents=True, exist_ok=True)
-            self.temporary = Path(tempfile.mkdtemp(dir=self.path.parent, prefix=f".{self.path.name}.tmp-"))
+            self.temporary = make_temporary_folder(self.path.parent, prefix=f".{self.path.name}.tmp-")
         except OSError as error:
             raise GenerationError(f"cannot write output={self.path}: {error.strerror or error}; choose a folder "
                                   "you can write to") from error

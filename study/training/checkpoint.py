@@ -6,6 +6,7 @@ corrupt file is detected and never replaces a good one; nothing here unpickles a
 
 import hashlib
 import io
+import re
 from dataclasses import asdict, fields
 from pathlib import Path
 
@@ -18,16 +19,27 @@ from study.sashimi import ModelConfig, SaShiMi
 FORMAT = "sashimi-study/checkpoint/1"
 MAGIC = b"SASHIMI-STUDY-CKPT1\n"
 DIGEST_BYTES = 32
-
-
+REQUIRED_KEYS = ("model_config", "model_state")
 
 
 def save_checkpoint(path: Path, payload: dict) -> Path:
-    """Write MAGIC + sha256(payload) + payload to a temporary file, fsync, then rename onto `path`."""
+    """Write MAGIC + sha256(payload) + payload to a temporary file, fsync, then rename onto `path`.
+
+    Refuses (CheckpointError) a payload whose weights are not all finite: such a file is never written."""
+    bad = non_finite_tensors(payload.get("model_state", {}))
+    if bad:
+        raise CheckpointError(f"refusing to write {path}: the weights are not finite (first: {bad[0]!r}); "
+                              "the previous checkpoint is kept. Lower train.lr or set train.gradient_clip")
     buffer = io.BytesIO()
     torch.save({"format": FORMAT, **payload}, buffer)
     data = buffer.getvalue()
     return write_atomic(path, MAGIC + hashlib.sha256(data).digest() + data)
+
+
+def non_finite_tensors(state: dict) -> list[str]:
+    """Names of the floating-point tensors of `state` that hold a NaN or an infinity."""
+    return [name for name, tensor in state.items()
+            if isinstance(tensor, torch.Tensor) and tensor.is_floating_point() and not torch.isfinite(tensor).all()]
 
 
 def load_checkpoint(path: Path, map_location: str | torch.device = "cpu") -> dict:
@@ -41,23 +53,61 @@ def load_checkpoint(path: Path, map_location: str | torch.device = "cpu") -> dic
                               "pass a file written by `study train` (last.pt or best.pt)")
     digest, data = raw[len(MAGIC):len(MAGIC) + DIGEST_BYTES], raw[len(MAGIC) + DIGEST_BYTES:]
     if hashlib.sha256(data).digest() != digest:
-        raise CheckpointError(f"{path} is corrupt or truncated (checksum mismatch); use another checkpoint, "
+        raise CheckpointError(f"{path} is corrupt or truncated (checksum mismatch; the checksum detects "
+                              "corruption and truncation, not forgery); use another checkpoint, "
                               "e.g. best.pt instead of last.pt, or rerun the training to rewrite it")
-    payload = torch.load(io.BytesIO(data), map_location=map_location, weights_only=True)
+    try:
+        payload = torch.load(io.BytesIO(data), map_location=map_location, weights_only=True)
+    except Exception as error:  # torch raises UnpicklingError, RuntimeError or others for foreign pickles
+        raise CheckpointError(
+            f"{path} passes its checksum but holds more than tensors and plain containers{refused_global(error)}, "
+            "so it was not written by `study train` and is refused unread. The checksum detects corruption and "
+            "truncation, not forgery: never load such a file with full pickle. Use a last.pt or best.pt that "
+            "`study train` wrote") from None
+    if not isinstance(payload, dict):
+        raise CheckpointError(f"{path} holds a {type(payload).__name__}, not a sashimi-study checkpoint; "
+                              "pass a file written by `study train` (last.pt or best.pt)")
     if payload.get("format") != FORMAT:
-        raise CheckpointError(f"{path} has format {payload.get('format')!r}, expected {FORMAT!r}")
+        raise CheckpointError(f"{path} has format {payload.get('format')!r}, expected {FORMAT!r}; "
+                              "pass a file written by `study train` (last.pt or best.pt)")
+    require_keys(payload, REQUIRED_KEYS, path)
+    if not isinstance(payload["model_config"], dict) or not isinstance(payload["model_state"], dict):
+        raise CheckpointError(f"{path}: 'model_config' and 'model_state' must be dicts; the file was not written "
+                              "by `study train`; use a last.pt or best.pt that it wrote")
     return payload
+
+
+def refused_global(error: Exception) -> str:
+    """' (it names NAME)' for torch's 'Unsupported global: GLOBAL NAME', else ''; never torch's advice."""
+    match = re.search(r"(?i)unsupported global:? (?:GLOBAL )?([\w.]+)", str(error))
+    return f" (it asks to import {match.group(1)})" if match else ""
+
+
+def require_keys(payload: dict, keys: tuple[str, ...], path: Path, purpose: str = "", fix: str = "") -> None:
+    missing = [key for key in keys if key not in payload]
+    if missing:
+        raise CheckpointError(f"{path} lacks {', '.join(repr(k) for k in missing)}{purpose}; it was not written by "
+                              f"this version of `study train`: use a last.pt or best.pt that it wrote{fix}")
 
 
 def model_config_of(payload: dict) -> ModelConfig:
     known = {f.name for f in fields(ModelConfig)}
-    return ModelConfig(**{k: v for k, v in payload["model_config"].items() if k in known})
+    try:
+        return ModelConfig(**{k: v for k, v in payload["model_config"].items() if k in known})
+    except (TypeError, ValueError) as error:
+        raise CheckpointError(f"the checkpoint's model_config cannot build a model ({error}); use a last.pt or "
+                              "best.pt that `study train` wrote") from error
 
 
 def load_model(path: Path, map_location: str | torch.device = "cpu") -> tuple[SaShiMi, dict]:
     """Rebuild the model stored in a checkpoint; returns (model in eval mode, payload)."""
     payload = load_checkpoint(path, map_location)
-    model = SaShiMi(model_config_of(payload))
+    config = model_config_of(payload)
+    try:
+        model = SaShiMi(config)
+    except (TypeError, ValueError, RuntimeError) as error:
+        raise CheckpointError(f"{path}: its model_config cannot build a model ({type(error).__name__}: {error}); "
+                              "use a last.pt or best.pt that `study train` wrote") from error
     load_weights(model, payload["model_state"], source=str(path))
     return model.to(map_location).eval(), payload
 
@@ -66,6 +116,9 @@ def load_weights(model: torch.nn.Module, state: dict, source: str) -> None:
     """Copy `state` into `model`, refusing any missing, unexpected or differently shaped tensor."""
     own = model.state_dict()
     for name, tensor in own.items():
+        if name in state and not isinstance(state[name], torch.Tensor):
+            raise CheckpointError(f"{source}: {name!r} is a {type(state[name]).__name__}, not a tensor; "
+                                  "use a checkpoint written by `study train`")
         if name not in state:
             raise CheckpointError(f"{source} comes from another architecture: it has no tensor {name!r}; "
                                   "build the model with the checkpoint's own config")

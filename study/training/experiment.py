@@ -11,6 +11,7 @@ from pathlib import Path
 from omegaconf import DictConfig, OmegaConf
 
 from study.config import CONFIG_DIR, ConfigError, compose_config
+from study.files import checked_name
 from study.sashimi import ModelConfig, model_config_from
 
 # Keys that do not change a run's results: left out of its signature, so that moving outputs,
@@ -174,6 +175,8 @@ class Experiment:
 
 def experiment_from(config: DictConfig) -> Experiment:
     """Validate everything that can be checked before data or training start."""
+    checked_name(config.get("run_group", "train"), "run_group",
+                 f"the run folder is <paths.runs>/<run_group>/<signature>, so run_group must be one folder name")
     try:
         train = train_settings_from(config)
         model = model_config_from({"model": config.model, "data": config.data})

@@ -1,13 +1,16 @@
 """`study train`: the official SaShiMi recipe as one plain loop, resumable bit for bit after a kill.
 
-Order per step: forward, loss, NaN check, backward, clip, optimizer step, schedule, log, checkpoint.
+Order per step: forward, loss, NaN check, backward, clip, optimizer step, weight check, schedule, log,
+checkpoint (after SIGINT/SIGTERM: a final checkpoint, then stop). One process per run folder (a lock).
 It never overwrites a good checkpoint with a bad one and never loads one with full pickle.
 """
 
 import logging
 import math
 import random
+import signal
 import sys
+import threading
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -19,8 +22,12 @@ import torch.nn.functional as F
 from omegaconf import OmegaConf
 from tqdm import tqdm
 
-from study.training.checkpoint import CheckpointError, load_checkpoint, load_weights, model_payload, save_checkpoint
+from study.training.checkpoint import (CheckpointError, load_checkpoint, load_weights, model_payload, require_keys,
+                                       save_checkpoint)
 from study.config import ConfigError
+from study.errors import StudyError
+from study.files import check_writable, checked_name, disk_problem, remove_stale_temporaries
+from study.training.lock import RunLock
 from study.training.experiment import Experiment, TrainSettings, load_experiment
 from study.training.metrics import MetricSums, prefixed
 from study.training.record import device_description, git_state, package_versions, read_record, update_record
@@ -28,10 +35,48 @@ from study.sashimi import SaShiMi, parameter_count, parameter_groups
 
 log = logging.getLogger(__name__)
 SPLITS_EVALUATED = ("val", "test")
+RESUME_KEYS = ("optimizer_state", "scheduler_state", "rng", "progress")
 
 
 class TrainingDiverged(RuntimeError):
-    """The loss became NaN or infinite; the last good checkpoint is kept."""
+    """The loss or the weights became NaN or infinite; the last checkpoint with finite ones is kept."""
+
+
+class RunInterrupted(Exception):
+    """SIGINT or SIGTERM arrived; the run stopped at a step boundary after writing last.pt."""
+
+    def __init__(self, signal_number: int, message: str = ""):
+        super().__init__(message or f"interrupted by {signal.Signals(signal_number).name}")
+        self.signal_number = signal_number
+
+
+class InterruptGuard:
+    """SIGINT/SIGTERM handlers for the main thread: during training steps they only raise a flag
+    (the loop stops after the step and writes a final checkpoint); elsewhere they stop at once."""
+
+    def __init__(self):
+        self.pending: int | None = None
+        self.deferred = False
+        self.previous = {}
+
+    def _handle(self, number, frame):
+        if self.deferred and self.pending is None:
+            self.pending = number
+            log.warning("%s received: stopping after this step and writing a final checkpoint",
+                        signal.Signals(number).name)
+            return
+        raise RunInterrupted(number)
+
+    def __enter__(self):
+        if threading.current_thread() is threading.main_thread():
+            for number in (signal.SIGINT, signal.SIGTERM):
+                self.previous[number] = signal.signal(number, self._handle)
+        return self
+
+    def __exit__(self, *exc):
+        for number, handler in self.previous.items():
+            signal.signal(number, handler)
+        self.previous = {}
 
 
 @dataclass
@@ -207,12 +252,17 @@ class Run:
         if not last.exists():
             return False
         payload = load_checkpoint(last, map_location=self.device)
+        require_keys(payload, RESUME_KEYS, last, " (needed to resume)", ", or move the file away to start the run afresh")
         load_weights(self.model, payload["model_state"], source=str(last))
-        self.optimizer.load_state_dict(payload["optimizer_state"])
-        if self.scheduler is not None:
-            self.scheduler.load_state_dict(payload["scheduler_state"])
-        restore_rng_state(payload["rng"])
-        self.progress = Progress(**payload["progress"])
+        try:
+            self.optimizer.load_state_dict(payload["optimizer_state"])
+            if self.scheduler is not None:
+                self.scheduler.load_state_dict(payload["scheduler_state"])
+            restore_rng_state(payload["rng"])
+            self.progress = Progress(**payload["progress"])
+        except (KeyError, TypeError, ValueError, RuntimeError, AttributeError) as error:
+            raise CheckpointError(f"{last} cannot resume this run ({type(error).__name__}: {error}); move it away "
+                                  "to start the run afresh, or restore the file that `study train` wrote") from error
         log.info("resumed from %s at epoch %d, window %d of the epoch, step %d", last, self.progress.epoch,
                  self.progress.batch_in_epoch, self.progress.step)
         return True
@@ -246,7 +296,12 @@ class Run:
                 "signature": self.experiment.signature}
 
     def save(self, name: str) -> Path:
-        return save_checkpoint(self.checkpoint_dir / f"{name}.pt", self._payload())
+        path = self.checkpoint_dir / f"{name}.pt"
+        try:
+            return save_checkpoint(path, self._payload())
+        except OSError as error:
+            raise CheckpointError(f"cannot write {path}: {disk_problem(error)}; the previous checkpoint is intact, "
+                                  "so run the same command again to resume from it") from error
 
     # -- the loop ------------------------------------------------------------------------------------
     def _bar(self, epoch: int):
@@ -270,9 +325,18 @@ class Run:
         if self.settings.gradient_clip is not None:
             torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.settings.gradient_clip)
         self.optimizer.step()
+        if not self._weights_finite():
+            raise TrainingDiverged(
+                f"the weights became non-finite in the optimizer step at step {self.progress.step + 1} (epoch "
+                f"{self.progress.epoch + 1}, loss {loss.item():.4f}, largest lr {max(g['lr'] for g in self.optimizer.param_groups)}); "
+                f"the last checkpoint with finite weights is kept in {self.checkpoint_dir}. "
+                "Lower train.lr or set train.gradient_clip")
         if self.settings.schedule == "cosine":
             self.scheduler.step()
         return loss.item()
+
+    def _weights_finite(self) -> bool:
+        return bool(torch.stack([torch.isfinite(p.detach()).all() for p in self.model.parameters()]).all())
 
     def _train_epoch(self, epoch: int) -> float:
         progress = self.progress
@@ -300,6 +364,9 @@ class Run:
                              self.steps_per_epoch, loss, rate)
                 if self.tracker is not None and progress.step % self.settings.log_every_steps == 0:
                     self.tracker.log({"train/loss_step": loss, "trainer/step": progress.step})
+                if self.interrupts.pending is not None:
+                    self.save("last")
+                    raise RunInterrupted(self.interrupts.pending)
                 if progress.step % self.settings.checkpoint_every_steps == 0:
                     self.save("last")
         return float(np.mean(losses)) if losses else math.nan
@@ -309,6 +376,11 @@ class Run:
         for split, loader in self.eval_loaders.items():
             metrics.update(prefixed(evaluate(self.model, loader, self.device, self.settings.precision,
                                              self.settings.max_eval_windows), split))
+        if not math.isfinite(metrics["val/loss"]):
+            raise TrainingDiverged(
+                f"the validation loss became {metrics['val/loss']} after epoch {epoch + 1} (train loss {train_loss}); "
+                f"the last checkpoint with finite loss is kept in {self.checkpoint_dir}. "
+                "Lower train.lr, set train.gradient_clip, or check the data")
         if self.settings.schedule == "plateau":
             self.scheduler.step(metrics["val/loss"])
         improved = metrics["val/loss"] < self.progress.best_val_loss
@@ -344,11 +416,44 @@ class Run:
         return final
 
     def execute(self) -> dict:
-        """Train to the end (or resume and finish); returns the run record."""
-        record = read_record(self.run_dir)
-        if record.get("status") == "finished":
+        """Train to the end (or resume and finish); returns the run record.
+
+        Holds the run folder's lock throughout; any error marks the record `failed` with its message,
+        SIGINT/SIGTERM mark it `interrupted` after a final checkpoint."""
+        if read_record(self.run_dir).get("status") == "finished":
             print(f"already finished: {self.run_dir} (signature {self.experiment.signature}); nothing to do")
-            return record
+            return read_record(self.run_dir)
+        check_writable(self.run_dir, "paths.runs")
+        self.interrupts = InterruptGuard()
+        with RunLock(self.run_dir, f"{self.run_dir} ({self.experiment.config.name})"), self.interrupts:
+            for folder in (self.run_dir, self.checkpoint_dir):
+                for stale in remove_stale_temporaries(folder):
+                    log.info("removed %s, left by an interrupted write", stale)
+            record = read_record(self.run_dir)
+            if record.get("status") == "finished":
+                print(f"already finished: {self.run_dir} (signature {self.experiment.signature}); nothing to do")
+                return record
+            try:
+                return self._execute(record)
+            except RunInterrupted as interruption:
+                self._mark(status="interrupted", error=None, interrupted={
+                    "signal": signal.Signals(interruption.signal_number).name, "time": time.time(),
+                    "step": getattr(getattr(self, "progress", None), "step", None)})
+                raise
+            except BaseException as error:
+                self._mark(status="failed", error=f"{type(error).__name__}: {error}")
+                raise
+            finally:
+                self._finish_tracking()
+
+    def _mark(self, **fields) -> None:
+        """Record the run's end state; a record that cannot be written (full disk) must not hide the error."""
+        try:
+            update_record(self.run_dir, **fields)
+        except OSError as error:
+            log.error("could not update %s: %s", self.run_dir / "run.json", error)
+
+    def _execute(self, record: dict) -> dict:
         started = time.time()
         self._prepare_data()
         self._build_model()
@@ -360,7 +465,7 @@ class Run:
             record = update_record(self.run_dir, resumes=resumes)
         config = self.experiment.config
         update_record(
-            self.run_dir, status="running", name=str(config.name), signature=self.experiment.signature,
+            self.run_dir, status="running", error=None, name=str(config.name), signature=self.experiment.signature,
             config=OmegaConf.to_container(config, resolve=True),
             data_config=OmegaConf.to_container(self.experiment.data, resolve=True),
             data_fingerprint=self.prepared.fingerprint, data_cache=str(self.prepared.path),
@@ -372,15 +477,14 @@ class Run:
         self._start_tracking(resumed)
         log.info("run %s: %s, %s parameters, %d steps per epoch, device %s", self.experiment.signature,
                  config.name, f"{parameter_count(self.model):,}", self.steps_per_epoch, self.device)
-        try:
-            for epoch in range(self.progress.epoch, self.settings.max_epochs):
-                train_loss = self._train_epoch(epoch)
-                self._end_epoch(epoch, train_loss)
-            final = self._final_metrics()
-        except TrainingDiverged as error:
-            update_record(self.run_dir, status="failed", error=str(error))
-            self._finish_tracking()
-            raise
+        self.interrupts.deferred = True
+        for epoch in range(self.progress.epoch, self.settings.max_epochs):
+            train_loss = self._train_epoch(epoch)
+            self._end_epoch(epoch, train_loss)
+            if self.interrupts.pending is not None:
+                raise RunInterrupted(self.interrupts.pending)
+        self.interrupts.deferred = False
+        final = self._final_metrics()
         wall = time.time() - started + float(record.get("wall_seconds", 0.0))
         record = update_record(self.run_dir, status="finished", final_metrics=final, wall_seconds=wall,
                                train_seconds=self.progress.train_seconds, best_epoch=self.progress.best_epoch + 1,
@@ -388,7 +492,6 @@ class Run:
         if self.tracker is not None:
             self.tracker.summary.update(final)
             self._log_audio_sample()
-        self._finish_tracking()
         return record
 
     def _log_audio_sample(self) -> None:
@@ -415,6 +518,7 @@ def resolve_init_from(value: str, runs_root: Path) -> Path:
     path = Path(value).expanduser()
     if path.is_file():
         return path
+    checked_name(value, "train.init_from", "pass a checkpoint file that exists, or a run signature")
     matches = sorted(runs_root.glob(f"*/{value}*/checkpoints/best.pt"))
     if len(matches) == 1:
         return matches[0]
@@ -430,16 +534,19 @@ def train(experiment: Experiment, reporter=None, command: str = "") -> dict:
 
 
 def main(argv: list[str]) -> int:
-    from study.data import DataError
     try:
         experiment = load_experiment(argv)
         record = train(experiment, command=" ".join(["study", "train", *argv]))
-    except (ConfigError, DataError, CheckpointError) as error:
+    except StudyError as error:
         print(f"study train: {error}", file=sys.stderr)
         return 2
     except TrainingDiverged as error:
         print(f"study train: {error}", file=sys.stderr)
         return 1
+    except RunInterrupted as interruption:
+        print(f"study train: {interruption}; the last checkpoint is in {experiment.run_dir / 'checkpoints'}, "
+              "run the same command again to resume", file=sys.stderr)
+        return 128 + interruption.signal_number
     run_dir = experiment.run_dir
     print(f"finished: {record.get('name')} ({record.get('signature')})")
     for name, value in sorted(record.get("final_metrics", {}).items()):

@@ -116,13 +116,13 @@ def test_kill_and_resume_gives_identical_results(tmp_path, data_cache):
 
 def test_checkpoint_write_is_atomic_and_corruption_is_detected(tmp_path, monkeypatch):
     path = tmp_path / "last.pt"
-    save_checkpoint(path, {"value": torch.arange(3)})
+    save_checkpoint(path, {"model_config": {}, "model_state": {}, "value": torch.arange(3)})
 
     def crash(*args, **kwargs):
         raise OSError("disk full")
     monkeypatch.setattr(os, "replace", crash)
     with pytest.raises(OSError):
-        save_checkpoint(path, {"value": torch.arange(5)})
+        save_checkpoint(path, {"model_config": {}, "model_state": {}, "value": torch.arange(5)})
     monkeypatch.undo()
     assert torch.equal(load_checkpoint(path)["value"], torch.arange(3))
     assert [p.name for p in tmp_path.iterdir()] == ["last.pt"]
