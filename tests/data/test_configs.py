@@ -11,7 +11,8 @@ from study.data.settings import DataSettings
 DATA_DIR = Path(__file__).resolve().parents[2] / "experiments" / "data"
 NAMES = ("youtubemix", "bigband", "folder", "toy-piano", "toy-trio")
 OFFICIAL = {"sample_rate": 16000, "clip_seconds": 60, "split": [0.88, 0.06, 0.06], "sample_len": 131072,
-            "bits": 8, "quantization": "mu-law", "normalization": "minmax"}
+            "bits": 8, "quantization": "mu-law", "normalization": "minmax",
+            "quantizer": "official"}
 
 
 def test_every_data_config_has_the_same_keys_and_official_preprocessing():
