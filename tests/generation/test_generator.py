@@ -129,8 +129,9 @@ def test_minmax_prompt_is_normalised_as_one_window(generator, tmp_path):
     soundfile.write(str(loud), music(0.1, RATE, level=0.9), RATE, subtype="FLOAT")
     soundfile.write(str(quiet), music(0.1, RATE, level=0.01), RATE, subtype="FLOAT")
     difference = generator.prompt_from_file(loud).tokens - generator.prompt_from_file(quiet).tokens
-    # the same window up to float rounding: at most one level, rarely
-    assert np.abs(difference).max() <= 1 and np.count_nonzero(difference) < 0.01 * len(difference)
+    # the same window up to float rounding and the official +1e-6 in the min-max denominator (relative
+    # 5e-5 of the quiet window's span): at most one level, rarely
+    assert np.abs(difference).max() <= 1 and np.count_nonzero(difference) < 0.03 * len(difference)
 
 
 def test_cli_writes_everything_and_ranks_by_model_likelihood(workspace, tmp_path, capsys):
