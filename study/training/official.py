@@ -127,7 +127,8 @@ def read_official_state(path: Path) -> tuple[dict[str, torch.Tensor], str]:
     if payload is None:
         try:
             payload = _read_tensors_only(path)
-        except (pickle.UnpicklingError, zipfile.BadZipFile, KeyError, EOFError, RuntimeError) as error:
+        except (pickle.UnpicklingError, zipfile.BadZipFile, KeyError, EOFError, RuntimeError, TypeError,
+                ValueError, AttributeError, IndexError) as error:
             raise CheckpointError(f"{path} is truncated or corrupt ({str(error).splitlines()[0]}); "
                                   "download it again") from error
     container = "state_dict"

@@ -313,3 +313,17 @@ def test_api_validates_like_the_cli(generator):
         generator.generate(None, seconds=0.01, n=0)
     with pytest.raises(GenerationError, match="top_p"):
         generator.generate(None, seconds=0.01, sampling=SamplingSettings(top_p=2))
+
+
+def test_audio_is_decoded_with_the_checkpoints_quantizer():
+    from study.generation.generator import AudioFormat
+    tokens = np.arange(256)
+    official = AudioFormat.from_payload({"data_config": DATA}, "x.pt")
+    assert official.quantizer == "official"
+    assert np.array_equal(official.decode(tokens), decode(torch.from_numpy(tokens), 8, "mu-law", quantizer="official").numpy())
+    assert official.decode(np.array([128]))[0] == 0.0  # the official dequantize puts silence exactly at 0
+    # a checkpoint from before data.quantizer existed was trained on torchaudio's tokens
+    older = AudioFormat.from_payload({"data_config": {k: v for k, v in DATA.items() if k != "quantizer"}}, "x.pt")
+    assert older.quantizer == "torchaudio" and older.decode(np.array([128]))[0] > 0
+    with pytest.raises(CheckpointError, match="data.quantizer='nearest'"):
+        AudioFormat.from_payload({"data_config": {**DATA, "quantizer": "nearest"}}, "x.pt")
