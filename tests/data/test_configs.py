@@ -6,6 +6,7 @@ import pytest
 from omegaconf import OmegaConf
 
 from study.config import compose_config
+from study.data import DataError
 from study.data.settings import DataSettings
 
 DATA_DIR = Path(__file__).resolve().parents[2] / "experiments" / "data"
@@ -42,3 +43,13 @@ def test_root_config_composes_with_each_data_choice(name):
     config = compose_config([f"data={name}", "data.sample_rate=8000"])
     assert config.data.name == name and config.data.sample_rate == 8000
     assert {"data_cache", "downloads"} <= set(config.paths)
+
+
+def test_quantizer_is_checked_and_part_of_the_run_signature():
+    from study.training.experiment import load_experiment
+    official = load_experiment(["data=toy-piano"])
+    assert official.data.quantizer == "official"
+    other = load_experiment(["data=toy-piano", "data.quantizer=torchaudio"])
+    assert other.signature != official.signature
+    with pytest.raises(DataError, match="data.quantizer='nearest' is not one of .* set data.quantizer=official"):
+        DataSettings.from_config(compose_config(["data=toy-piano", "data.quantizer=nearest"]).data)
