@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pandas as pd
 
-LATEX_SYMBOLS = {"±": r"$\pm$", "Δ": r"$\Delta$", "†": r"$^\dagger$", "−": "-", "—": "--", "←": r"$\leftarrow$"}
+LATEX_SYMBOLS = {"±": r"$\pm$", "Δ": r"$\Delta$", "†": r"$^\dagger$", "‡": r"$^\ddagger$", "−": "-", "—": "--", "←": r"$\leftarrow$"}
 
 
 def to_markdown(table: pd.DataFrame, notes: list[str] | tuple[str, ...] = ()) -> str:

@@ -2,7 +2,8 @@
 the paper's published values, and the differences.
 
 Only finished trials count; it never mixes scales, data or studies in one column and never hides
-that a column is smoke-scale or stand-in data (each such column is flagged in its header and notes).
+that a column is smoke-scale or stand-in data, or that its tokens come from another quantizer than the
+published numbers' (each such column is flagged in its header and notes, its Δ kept but marked).
 """
 
 import math
@@ -10,13 +11,14 @@ from dataclasses import dataclass, field
 
 import pandas as pd
 
-from analysis.reference_values import (PAPER_MODELS, WORKSHOP_COLUMNS, WORKSHOP_METRICS, paper_figure,
-                                       workshop_value)
+from analysis.reference_values import (PAPER_MODELS, REFERENCE_QUANTIZER, WORKSHOP_COLUMNS, WORKSHOP_METRICS,
+                                       paper_figure, quantizer_of, workshop_value)
 from analysis.results import Results, finished
 
 FIELDS = ("mean", "std", "n", "workshop", "workshop_diff", "paper", "paper_diff")
 DECIMALS = 4
 NOT_REPLICATION_MARK = "†"
+OTHER_TOKENS_MARK = "‡"  # a Δ across quantizers: our tokens are not the published numbers' tokens
 
 
 @dataclass
@@ -33,6 +35,11 @@ class Column:
     trials: int
     finished: int
     data_warnings: list[str] = field(default_factory=list)
+    quantizer: str = REFERENCE_QUANTIZER
+
+    @property
+    def same_tokens_as_references(self) -> bool:
+        return self.quantizer == REFERENCE_QUANTIZER
 
     @property
     def workshop_column(self) -> str | None:
@@ -44,8 +51,9 @@ class Column:
 
     @property
     def is_replication(self) -> bool:
-        """Full scale on the real data: the only columns comparable with published numbers."""
-        return self.scale == "full" and not self.stands_in_for
+        """Full scale on the real data with the official tokens: the only columns comparable with
+        published numbers."""
+        return self.scale == "full" and not self.stands_in_for and self.same_tokens_as_references
 
     @property
     def flags(self) -> list[str]:
@@ -56,6 +64,9 @@ class Column:
             flags.append(f"stand-in data ({self.data} for {self.stands_in_for})")
         if self.trials > self.finished:
             flags.append(f"{self.trials - self.finished} of {self.trials} trials not finished, left out")
+        if not self.same_tokens_as_references:
+            flags.append(f"{OTHER_TOKENS_MARK} {self.quantizer} quantizer, the published numbers used the "
+                         f"{REFERENCE_QUANTIZER} one: Δ compares bpb on different tokens")
         if self.finished == 1:
             flags.append("one seed, no std")
         return flags
@@ -77,12 +88,16 @@ class WorkshopTable:
                  "Δ = ours − reference: lower is better for bpb and loss, higher for accuracies.",
                  "Loss in nats per sample; bpb = loss / ln 2. The paper's test NLL is in bits per sample, "
                  "the same unit as our test bpb (8-bit mu-law samples).",
-                 "The workshop slides print no final/val/accuracy@10."]
+                 "The workshop slides print no final/val/accuracy@10.",
+                 f"The workshop's and the paper's numbers come from the {REFERENCE_QUANTIZER} tokenizer "
+                 f"(data.quantizer={REFERENCE_QUANTIZER}); each column says which quantizer made its tokens, "
+                 f"and {OTHER_TOKENS_MARK} marks a comparison across quantizers."]
         for column in self.columns:
             references = [f"workshop '{column.workshop_column}'" if column.workshop_column else "no workshop column",
                           f"paper '{column.paper_model}'" if column.paper_model else "no paper figure"]
             notes.append(f"{column.label} <- study {column.study}, experiment {column.experiment}, data "
-                         f"{column.data}, scale {column.scale}, seeds {column.seeds}; compared with "
+                         f"{column.data} ({column.quantizer} quantizer), scale {column.scale}, seeds {column.seeds}; "
+                         "compared with "
                          + " and ".join(references) + ".")
             if not column.is_replication:
                 notes.append(f"{NOT_REPLICATION_MARK} {column.label} is NOT a replication: "
@@ -93,7 +108,8 @@ class WorkshopTable:
 
     def header(self, column: Column) -> str:
         mark = "" if column.is_replication else f" {NOT_REPLICATION_MARK}"
-        return f"{column.label} (n={column.finished}){mark}"
+        mark += "" if column.same_tokens_as_references else f" {OTHER_TOKENS_MARK}"
+        return f"{column.label} (n={column.finished}, {column.quantizer} tokens){mark}"
 
     def tidy(self) -> pd.DataFrame:
         """One row per (column, metric) with numeric fields: what the CSV export holds."""
@@ -102,7 +118,9 @@ class WorkshopTable:
             for metric in self.values.index:
                 row = {"column": column.label, "study": column.study, "experiment": column.experiment,
                        "scale": column.scale, "data": column.data, "stands_in_for": column.stands_in_for,
-                       "replication": column.is_replication, "metric": metric}
+                       "replication": column.is_replication, "quantizer": column.quantizer,
+                       "reference_quantizer": REFERENCE_QUANTIZER,
+                       "across_quantizers": not column.same_tokens_as_references, "metric": metric}
                 row.update({name: self.values.loc[metric, (column.label, name)] for name in FIELDS})
                 row.update({"workshop_column": column.workshop_column, "paper_model": column.paper_model,
                             "flags": "; ".join(column.flags)})
@@ -115,12 +133,16 @@ class WorkshopTable:
         for column in self.columns:
             part = self.values[column.label]
             table[self.header(column)] = [mean_std(row["mean"], row["std"], decimals) for _, row in part.iterrows()]
+            across = "" if column.same_tokens_as_references else f" {OTHER_TOKENS_MARK}"
             if column.workshop_column:
-                table[f"workshop: {column.workshop_column}"] = part["workshop"].map(lambda v: number(v, decimals))
-                table[f"Δ workshop ({column.label})"] = part["workshop_diff"].map(lambda v: number(v, decimals, "+"))
+                table[f"workshop: {column.workshop_column} ({REFERENCE_QUANTIZER} tokens)"] = \
+                    part["workshop"].map(lambda v: number(v, decimals))
+                table[f"Δ workshop ({column.label}){across}"] = \
+                    part["workshop_diff"].map(lambda v: number(v, decimals, "+"))
             if column.paper_model:
-                table[f"paper: {column.paper_model}"] = part["paper"].map(lambda v: number(v, decimals))
-                table[f"Δ paper ({column.label})"] = part["paper_diff"].map(lambda v: number(v, decimals, "+"))
+                table[f"paper: {column.paper_model} ({REFERENCE_QUANTIZER} tokens)"] = \
+                    part["paper"].map(lambda v: number(v, decimals))
+                table[f"Δ paper ({column.label}){across}"] = part["paper_diff"].map(lambda v: number(v, decimals, "+"))
         table.index.name = "metric"
         return table
 
@@ -157,16 +179,21 @@ def group_columns(results: Results, trials: pd.DataFrame) -> list[tuple[Column, 
         keys = ["experiment", "scale", "data", *study.varied_keys]
         for values, rows in study_trials.groupby(keys, dropna=False, sort=True):
             values = dict(zip(keys, values))
-            records = [study.record(signature) for signature in rows["signature"]]
-            stand_ins = {(record.get("data_config") or {}).get("stands_in_for") for record in records} - {None}
-            warnings = sorted({warning for record in records for warning in record.get("data_warnings") or []})
-            done = finished(rows)
-            groups.append((Column(
-                label=values["experiment"], study=study.name, experiment=values["experiment"], scale=values["scale"],
-                data=values["data"], stands_in_for=", ".join(sorted(stand_ins)) or None,
-                settings={key: values[key] for key in study.varied_keys},
-                seeds=sorted(int(seed) for seed in done["seed"].dropna()), trials=len(rows), finished=len(done),
-                data_warnings=warnings), done))
+            all_records = [study.record(signature) for signature in rows["signature"]]
+            quantizers = [quantizer_of(record) for record in all_records]
+            for quantizer in sorted(set(quantizers)):  # never one column over two quantizers' tokens
+                keep = [q == quantizer for q in quantizers]
+                part = rows[keep]
+                records = [record for record, kept in zip(all_records, keep) if kept]
+                stand_ins = {(record.get("data_config") or {}).get("stands_in_for") for record in records} - {None}
+                warnings = sorted({warning for record in records for warning in record.get("data_warnings") or []})
+                done = finished(part)
+                groups.append((Column(
+                    label=values["experiment"], study=study.name, experiment=values["experiment"],
+                    scale=values["scale"], data=values["data"], stands_in_for=", ".join(sorted(stand_ins)) or None,
+                    settings={key: values[key] for key in study.varied_keys},
+                    seeds=sorted(int(seed) for seed in done["seed"].dropna()), trials=len(part), finished=len(done),
+                    data_warnings=warnings, quantizer=quantizer), done))
     order = list(WORKSHOP_COLUMNS)
     groups.sort(key=lambda group: (order.index(group[0].experiment) if group[0].experiment in order else len(order),
                                    group[0].experiment, group[0].study))
@@ -179,7 +206,8 @@ def _disambiguate(columns: list[Column]) -> None:
     tells apart columns that would otherwise share a label."""
     for extra in (lambda c: f"[{c.study}]",
                   lambda c: ", ".join(f"{k}={v}" for k, v in c.settings.items()),
-                  lambda c: f"{c.scale}"):
+                  lambda c: f"{c.scale}",
+                  lambda c: f"({c.quantizer})"):
         labels = [column.label for column in columns]
         for label in set(labels):
             clashing = [column for column in columns if column.label == label]

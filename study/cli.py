@@ -28,6 +28,16 @@ def _generate(argv):
     return main(argv)
 
 
+def _import(argv):
+    from study.training.import_command import main
+    return main(argv)
+
+
+def _evaluate(argv):
+    from study.training.evaluate_command import main
+    return main(argv)
+
+
 def _run(argv):
     from study.harness import main
     return main(argv)
@@ -58,6 +68,8 @@ COMMANDS: dict[str, tuple[Callable[[list[str]], int], str]] = {
     "data": (_data, "prepare or inspect a dataset: study data prepare data=toy-piano"),
     "train": (_train, "train one experiment: study train experiment=youtubemix-sashimi-8 scale=smoke"),
     "generate": (_generate, "continue an audio prompt: study generate checkpoint=PATH prompt=song.mp3"),
+    "import": (_import, "an official SaShiMi checkpoint as a run: study import checkpoint=sashimi_youtubemix.pt"),
+    "evaluate": (_evaluate, "val/test loss, bpb, accuracy@k of a checkpoint: study evaluate checkpoint=PATH data=youtubemix"),
     "run": (_run, "run a study as Ray Tune trials: study run replicate scale=smoke"),
     "search-sampling": (_search_sampling, "Optuna search over temperature / top-p"),
     "report": (_report, "build the executed report notebook and its HTML"),

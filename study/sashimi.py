@@ -327,8 +327,7 @@ class SaShiMi(nn.Module):
         self.config = config
         self.encoder = nn.Embedding(config.n_classes, config.d_model)
         self.backbone = SaShiMiBackbone(config)
-        self.decoder = nn.Linear(config.d_model, config.n_classes)
-        mark_optim(self.decoder.bias, weight_decay=0.0)
+        self.decoder = nn.Linear(config.d_model, config.n_classes)  # decayed like the official decoder
 
     def forward(self, tokens: torch.Tensor) -> torch.Tensor:
         """tokens (B, L) int64 -> logits (B, L, n_classes)."""
@@ -365,13 +364,29 @@ def parameter_count(model: nn.Module) -> int:
     return sum(p.numel() for p in model.parameters())
 
 
-def parameter_groups(model: nn.Module, lr: float, weight_decay: float) -> list[dict]:
-    """Optimizer groups: each parameter's `_optim` settings (set where it was created) over the
-    global lr / weight decay. SSM dt, A, B, P: lr 0.001, no decay; biases and norms: no decay."""
+def parameter_groups(model: nn.Module, lr: float, weight_decay: float,
+                     exempt_decoder_bias: bool = False) -> list[dict]:
+    """Optimizer groups as the official code builds them: each parameter's `_optim` settings (set where
+    it was created) over the global lr / weight decay. SSM dt, A, B, P: lr 0.001, no decay; in the
+    backbone, biases and norms take no decay (the official add_optimizer_hooks on the backbone only),
+    so the encoder and the decoder's weight and bias are decayed. `exempt_decoder_bias` (a deviation,
+    train.exempt_decoder_bias) also exempts the decoder bias. Groups come sorted by (lr, weight decay).
+    """
+    exempt = {id(model.decoder.bias)} if exempt_decoder_bias else set()
     groups: dict[tuple, list] = {}
     for parameter in model.parameters():
         settings = {"lr": lr, "weight_decay": weight_decay}
         settings.update(getattr(parameter, "_optim", {}))
+        if id(parameter) in exempt:
+            settings["weight_decay"] = 0.0
         key = (settings["lr"], settings["weight_decay"])
         groups.setdefault(key, []).append(parameter)
     return [{"params": params, "lr": key[0], "weight_decay": key[1]} for key, params in sorted(groups.items())]
+
+
+def describe_parameter_groups(model: nn.Module, groups: list[dict]) -> list[dict]:
+    """For the run record: each group's lr, weight decay and the names of its tensors."""
+    name_of = {id(parameter): name for name, parameter in model.named_parameters()}
+    return [{"lr": group["lr"], "weight_decay": group["weight_decay"],
+             "parameters": sum(p.numel() for p in group["params"]),
+             "tensors": [name_of[id(p)] for p in group["params"]]} for group in groups]

@@ -36,6 +36,12 @@ COVERED_BY = {
     "make replicate SCALE=smoke": "tests/test_harness.py::test_replicate_and_ablation_smoke_studies_end_to_end",
     "study train": "tests/training/test_loop.py::test_loss_falls_on_toy_music",
     "study bench kernel": "tests/bench/test_kernel_bench.py",
+    "study import checkpoint=sashimi_youtubemix.pt":
+        "tests/training/test_import_evaluate.py::test_import_then_evaluate_gives_the_workshop_table",
+    "study evaluate checkpoint=runs/imported/sashimi_youtubemix-SHA/checkpoints/best.pt data=youtubemix":
+        "tests/training/test_import_evaluate.py::test_import_then_evaluate_gives_the_workshop_table",
+    "study evaluate checkpoint=runs/imported/sashimi_youtubemix-SHA/checkpoints/best.pt data=youtubemix "
+    "data.quantizer=torchaudio": "tests/training/test_import_evaluate.py::test_import_then_evaluate_gives_the_workshop_table",
 }
 
 

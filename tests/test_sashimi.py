@@ -58,10 +58,14 @@ def test_optimizer_groups_follow_the_official_recipe():
         leaf = name.split(".")[-1]
         if leaf in ("inv_dt", "A_real", "A_imag", "B", "P"):
             assert group_of[id(parameter)] == (0.001, 0.0), name
-        elif leaf in ("bias", "m", "s") or "final_norm" in name:
+        elif name.startswith("backbone.") and (leaf in ("bias", "m", "s") or "final_norm" in name):
             assert group_of[id(parameter)] == (0.004, 0.0), name
-        else:
+        else:  # the encoder, the decoder weight and bias, D, C, linear and pool weights
             assert group_of[id(parameter)] == (0.004, 0.1), name
+    exempted = parameter_groups(model, lr=0.004, weight_decay=0.1, exempt_decoder_bias=True)
+    group_of = {id(p): (g["lr"], g["weight_decay"]) for g in exempted for p in g["params"]}
+    assert group_of[id(model.decoder.bias)] == (0.004, 0.0)
+    assert group_of[id(model.decoder.weight)] == (0.004, 0.1)
 
 
 def test_sample_length_must_divide_by_the_pooling():

@@ -137,7 +137,7 @@ def load_tokens(path: str | Path, data_config) -> torch.Tensor:
 
     Audio = load_audio(path, data.sample_rate); it is normalised in consecutive blocks of
     data.sample_len samples (a final shorter block on its own) and encoded with data.bits /
-    data.quantization, like a training window. Remainders are kept, unlike in training.
+    data.quantization / data.quantizer, like a training window. Remainders are kept, unlike in training.
     """
     from study.data.quantize import tokenize
 
@@ -145,7 +145,7 @@ def load_tokens(path: str | Path, data_config) -> torch.Tensor:
     sample_len = int(data_config.sample_len)
     pieces = [
         tokenize(audio[start:start + sample_len], int(data_config.bits), str(data_config.quantization),
-                 str(data_config.normalization))
+                 str(data_config.normalization), quantizer=str(data_config.quantizer))
         for start in range(0, len(audio), sample_len)
     ]
     return torch.cat(pieces) if pieces else torch.zeros(0, dtype=torch.int64)

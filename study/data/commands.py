@@ -24,7 +24,8 @@ def summary(prepared) -> str:
         f"{manifest['name']}: {'reused' if prepared.reused else 'prepared'} {prepared.path}",
         f"  source       {manifest['source_description']}",
         f"  fingerprint  {prepared.fingerprint}",
-        f"  audio        {knobs['sample_rate']} Hz, {knobs['quantization']} {knobs['bits']} bits, "
+        f"  audio        {knobs['sample_rate']} Hz, {knobs['quantization']} {knobs['bits']} bits "
+        f"({knobs.get('quantizer', 'torchaudio')} quantizer), "
         f"{knobs['normalization']} normalisation, windows of {knobs['sample_len']} samples ({window_seconds:.2f} s)",
         "",
         f"  {'split':<8}{'files':>7}{'hours':>9}{'windows':>10}",

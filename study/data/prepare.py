@@ -1,4 +1,4 @@
-"""Prepare a data config once: decode, resample, clip, window, quantise, split; store Arrow + manifest.
+"""Prepare a data config once: decode, resample, window, quantise, split; store Arrow + manifest.
 
 The cache folder <paths.data_cache>/<data.name>-<fingerprint[:12]>/ appears only complete (built in a
 temporary folder, renamed under a file lock); preparation never leaves half a cache and never
@@ -32,7 +32,8 @@ from study.data.sources import SourceFiles, resolve_source
 from study.data.splits import checked_split_counts
 
 log = logging.getLogger(__name__)
-FORMAT_VERSION = 1  # bump when preparation changes what it writes for the same knobs
+FORMAT_VERSION = 2  # bump when preparation changes what it writes for the same knobs
+# 2: windows run consecutively over each whole file (the official YouTubeMix epoch), no longer per clip
 MANIFEST_NAME = "manifest.json"
 
 
@@ -69,8 +70,8 @@ def window_features(settings: DataSettings) -> datasets.Features:
     return datasets.Features({
         "tokens": datasets.List(datasets.Value(storage), length=settings.sample_len),
         "file_index": datasets.Value("int32"),  # index into manifest["files"]
-        "clip_index": datasets.Value("int32"),
-        "window_index": datasets.Value("int32"),  # window within the clip
+        "clip_index": datasets.Value("int32"),    # clip (of data.clip_seconds) holding the window's first sample
+        "window_index": datasets.Value("int32"),  # window within the file
     })
 
 
@@ -122,28 +123,31 @@ def find_prepared(data_config, paths_config) -> PreparedData:
     return PreparedData(path=target, fingerprint=fingerprint, manifest=manifest, reused=True)
 
 
-def _file_windows(path: Path, settings: DataSettings, storage: np.dtype) -> tuple[list[np.ndarray], dict]:
-    """Token windows of every clip of one file (the file is read whole before any is kept)."""
+def _file_windows(path: Path, settings: DataSettings, storage: np.dtype) -> tuple[np.ndarray, np.ndarray, dict]:
+    """Token windows of one file and the clip each starts in; the file is read whole before any is kept.
+
+    As the official YouTubeMix loader: consecutive data.sample_len windows from the file's first sample,
+    the margin (num_samples mod sample_len) at its end dropped; clips only bound how much is decoded at once.
+    """
     info = read_info(path)
-    clips, total_samples = [], 0
-    for clip in iter_clips(path, settings.sample_rate, settings.clip_samples):
-        total_samples += len(clip)
-        count = len(clip) // settings.sample_len
-        windows = torch.from_numpy(clip[: count * settings.sample_len].reshape(count, settings.sample_len))
-        tokens = tokenize(windows, settings.bits, settings.quantization, settings.normalization)
-        clips.append(tokens.numpy().astype(storage))
-    windows = sum(len(c) for c in clips)
-    if windows == 0:
+    clips = list(iter_clips(path, settings.sample_rate, settings.clip_samples))
+    audio = np.concatenate(clips) if clips else np.zeros(0, np.float32)
+    count = len(audio) // settings.sample_len
+    if count == 0:
         raise UnusableAudioError(
-            f"shorter than one window: {total_samples} samples at {settings.sample_rate} Hz "
-            f"({total_samples / settings.sample_rate:.2f} s) < data.sample_len={settings.sample_len}"
+            f"shorter than one window: {len(audio)} samples at {settings.sample_rate} Hz "
+            f"({len(audio) / settings.sample_rate:.2f} s) < data.sample_len={settings.sample_len}"
         )
+    windows = torch.from_numpy(audio[: count * settings.sample_len].reshape(count, settings.sample_len))
+    tokens = tokenize(windows, settings.bits, settings.quantization, settings.normalization,
+                      quantizer=settings.quantizer)
+    clip_of_window = (np.arange(count) * settings.sample_len) // settings.clip_samples
     record = {
         "format": info.format, "subtype": info.subtype, "source_sample_rate": info.sample_rate,
-        "channels": info.channels, "source_seconds": round(total_samples / settings.sample_rate, 3),
-        "clips": len(clips), "windows": windows,
+        "channels": info.channels, "source_seconds": round(len(audio) / settings.sample_rate, 3),
+        "clips": len(clips), "windows": count,
     }
-    return clips, record
+    return tokens.numpy().astype(storage), clip_of_window.astype(np.int32), record
 
 
 def _build(folder: Path, settings: DataSettings, source: SourceFiles, hashes: list[str], fingerprint: str,
@@ -194,13 +198,11 @@ def _decode_sources(stream_path: Path, settings: DataSettings, source: SourceFil
                                  disable=not progress):
             relative = source.relative(path)
             try:
-                clips, record = _file_windows(path, settings, storage)
+                tokens, clip_of_window, record = _file_windows(path, settings, storage)
             except UnusableAudioError as error:
                 skipped.append({"path": relative, HASH_ALGORITHM: digest, "reason": str(error)})
                 continue
-            for clip_index, tokens in enumerate(clips):
-                if len(tokens):
-                    writer.write_batch(_batch(tokens, len(usable), clip_index, features))
+            writer.write_batch(_batch(tokens, len(usable), clip_of_window, features))
             usable.append({"path": relative, HASH_ALGORITHM: digest, "bytes": path.stat().st_size, **record})
     if not usable:
         reasons = "; ".join(f"{entry['path']}: {entry['reason']}" for entry in skipped[:5])
@@ -235,13 +237,14 @@ def _save_splits(folder: Path, stream_path: Path, usable: list[dict], settings: 
     return splits
 
 
-def _batch(tokens: np.ndarray, file_index: int, clip_index: int, features: datasets.Features) -> pa.RecordBatch:
+def _batch(tokens: np.ndarray, file_index: int, clip_of_window: np.ndarray,
+           features: datasets.Features) -> pa.RecordBatch:
     count, sample_len = tokens.shape
     schema = features.arrow_schema
     columns = [
         pa.FixedSizeListArray.from_arrays(pa.array(tokens.reshape(-1)), sample_len),
         pa.array(np.full(count, file_index, np.int32)),
-        pa.array(np.full(count, clip_index, np.int32)),
+        pa.array(clip_of_window),
         pa.array(np.arange(count, dtype=np.int32)),
     ]
     return pa.RecordBatch.from_arrays(columns, schema=schema)

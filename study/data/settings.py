@@ -10,14 +10,14 @@ from pathlib import Path
 from omegaconf import DictConfig, OmegaConf
 
 from study.data import DataError
-from study.data.quantize import MAX_BITS, MIN_BITS, NORMALIZATIONS, QUANTIZATIONS
+from study.data.quantize import MAX_BITS, MIN_BITS, NORMALIZATIONS, QUANTIZATIONS, QUANTIZERS
 
 SOURCES = ("hub", "folder", "toy-piano", "toy-trio")
 SPLIT_NAMES = ("train", "val", "test")
 # Knobs that change the prepared windows; with the source files' hashes they make the fingerprint.
 # Changing how any of them is applied must bump prepare.FORMAT_VERSION.
 PREPROCESSING_KNOBS = (
-    "sample_rate", "clip_seconds", "split", "sample_len", "bits", "quantization", "normalization",
+    "sample_rate", "clip_seconds", "split", "sample_len", "bits", "quantization", "normalization", "quantizer",
 )
 TOY_KNOBS = ("seed", "toy_clips", "toy_clip_seconds")
 
@@ -38,6 +38,7 @@ class DataSettings:
     bits: int
     quantization: str
     normalization: str
+    quantizer: str
     seed: int
     toy_clips: int
     toy_clip_seconds: float
@@ -110,6 +111,8 @@ class DataSettings:
             raise fail("quantization", f"is not one of {QUANTIZATIONS}", "set data.quantization=mu-law")
         if self.normalization not in NORMALIZATIONS:
             raise fail("normalization", f"is not one of {NORMALIZATIONS}", "set data.normalization=minmax")
+        if self.quantizer not in QUANTIZERS:
+            raise fail("quantizer", f"is not one of {QUANTIZERS}", "set data.quantizer=official")
         if not _is_int(self.seed) or self.seed < 0:
             raise fail("seed", "is not a non-negative integer", "set data.seed=0")
         if self.is_toy:

@@ -2,11 +2,12 @@
 
 Counts only; never reorders or shuffles files, and never returns an empty split silently.
 
-Rule, for N files and fractions f = (f_train, f_val, f_test):
-  boundary_k = floor(N * (f_1 + ... + f_k))   (the sum rounded to 9 decimals, so 0.88 + 0.06 = 0.94)
+Rule, for N files and fractions f = (f_train, f_val, f_test), as the official loader computes it:
+  boundary_1 = int(N * f_train),  boundary_2 = int(N * (f_train + (1 - f_train) * f_val / (f_val + f_test)))
   train = files[0 : boundary_1], val = files[boundary_1 : boundary_2], test = files[boundary_2 : N]
-which is the official loader's files[int(ratio_min * N) : int(ratio_max * N)]. For 88/6/6 and the
-241 YouTubeMix files: 212 / 14 / 15.
+With f_val = f_test this is the official files[int(ratio_min * N) : int(ratio_max * N)] with ratio_max of
+val = train_percentage + (1 - train_percentage) / 2, float for float (no rounding, so N = 2150 gives the
+official 1892 / 128 / 130). For 88/6/6 and the 241 YouTubeMix files: 212 / 14 / 15.
 """
 
 import math
@@ -17,10 +18,10 @@ from study.data.settings import SPLIT_NAMES
 
 def split_counts(file_count: int, fractions: tuple[float, ...]) -> tuple[int, ...]:
     """Files per split (train, val, test) for `file_count` files; may contain zeros."""
-    boundaries, running = [], 0.0
-    for fraction in fractions[:-1]:
-        running += fraction
-        boundaries.append(min(file_count, math.floor(round(file_count * running, 9))))
+    train, val, test = fractions
+    rest = val + test
+    val_end = train + (1 - train) * val / rest if rest > 0 else 1.0
+    boundaries = [min(file_count, int(file_count * train)), min(file_count, int(file_count * val_end))]
     edges = [0, *boundaries, file_count]
     return tuple(edges[k + 1] - edges[k] for k in range(len(fractions)))
 

@@ -45,7 +45,7 @@ from study.files import make_temporary_folder
 from study.training.checkpoint import CheckpointError, load_model
 from study.data import DataError
 from study.data.audio_io import UnusableAudioError, iter_audio, read_info
-from study.data.quantize import QUANTIZATIONS, NORMALIZATIONS, decode, tokenize, zero_token
+from study.data.quantize import QUANTIZATIONS, QUANTIZERS, NORMALIZATIONS, decode, tokenize, zero_token
 from study.data.settings import SPLIT_NAMES
 from study.generation.engines.selection import BACKENDS, describe, make_engine, resolve_device
 from study.generation.sampling import SamplingSettings, stream_keys
@@ -115,6 +115,7 @@ class AudioFormat:
     quantization: str
     normalization: str
     sample_len: int
+    quantizer: str = "torchaudio"  # checkpoints written before data.quantizer existed used this rounding
 
     @classmethod
     def from_payload(cls, payload: dict, source: str) -> "AudioFormat":
@@ -125,14 +126,17 @@ class AudioFormat:
             raise CheckpointError(f"{source} has no data settings {missing} in its config, so prompts cannot be "
                                   "quantised as its training data was; use a checkpoint written by `study train`")
         audio = cls(int(data["sample_rate"]), int(data["bits"]), str(data["quantization"]),
-                    str(data["normalization"]), int(data["sample_len"]))
-        if audio.quantization not in QUANTIZATIONS or audio.normalization not in NORMALIZATIONS:
+                    str(data["normalization"]), int(data["sample_len"]), str(data.get("quantizer", "torchaudio")))
+        if (audio.quantization not in QUANTIZATIONS or audio.normalization not in NORMALIZATIONS
+                or audio.quantizer not in QUANTIZERS):
             raise CheckpointError(f"{source}: data.quantization={audio.quantization!r} / data.normalization="
-                                  f"{audio.normalization!r} are not one of {QUANTIZATIONS} / {NORMALIZATIONS}")
+                                  f"{audio.normalization!r} / data.quantizer={audio.quantizer!r} are not one of "
+                                  f"{QUANTIZATIONS} / {NORMALIZATIONS} / {QUANTIZERS}")
         return audio
 
     def decode(self, tokens: np.ndarray) -> np.ndarray:
-        return decode(torch.from_numpy(np.asarray(tokens, dtype=np.int64)), self.bits, self.quantization).numpy()
+        return decode(torch.from_numpy(np.asarray(tokens, dtype=np.int64)), self.bits, self.quantization,
+                      quantizer=self.quantizer).numpy()
 
 
 # -- prompts --------------------------------------------------------------------------------------------
@@ -206,7 +210,8 @@ def prompt_from_file(path: str | Path, audio: AudioFormat, total_pool: int, seco
             f"{20 * math.log10(SILENCE_PEAK):.0f} dBFS): there is nothing to continue, and minmax normalisation "
             "would blow its noise floor up to full scale; use prompt=none for unconditional generation, another "
             "prompt_start_seconds, or another file")
-    pieces = [tokenize(excerpt[i:i + audio.sample_len], audio.bits, audio.quantization, audio.normalization)
+    pieces = [tokenize(excerpt[i:i + audio.sample_len], audio.bits, audio.quantization, audio.normalization,
+                       quantizer=audio.quantizer)
               for i in range(0, len(excerpt), audio.sample_len)]
     tokens = torch.cat(pieces).numpy().astype(np.int64)
     requested = seconds if seconds is not None else DEFAULT_PROMPT_SECONDS
@@ -218,7 +223,7 @@ def prompt_from_file(path: str | Path, audio: AudioFormat, total_pool: int, seco
         "peak_dbfs": round(20 * math.log10(peak), 2),
         "processing": (f"decoded, channel mean, soxr {audio.sample_rate} Hz, {audio.normalization} normalisation "
                        f"of the excerpt as one window (blocks of {audio.sample_len}), {audio.quantization} "
-                       f"{audio.bits} bits"),
+                       f"{audio.bits} bits, {audio.quantizer} quantizer"),
     }
     if seconds is not None and len(tokens) < round(seconds * audio.sample_rate):
         record["warning"] = (f"asked for {seconds:g} s of prompt, the file has {len(tokens) / audio.sample_rate:.2f} s "

@@ -37,6 +37,7 @@ class TrainSettings:
     warmup_steps: int = 0
     min_lr: float = 0.0
     gradient_clip: float | None = None
+    exempt_decoder_bias: bool = False        # deviation: no weight decay on the decoder bias (official: decayed)
     precision: str = "fp32"                  # fp32 | bf16 (autocast, CUDA only)
     compile: bool = False
     device: str = "auto"                     # auto | cpu | cuda

@@ -31,7 +31,7 @@ from study.training.lock import RunLock
 from study.training.experiment import Experiment, TrainSettings, load_experiment
 from study.training.metrics import MetricSums, prefixed
 from study.training.record import device_description, git_state, package_versions, read_record, update_record
-from study.sashimi import SaShiMi, parameter_count, parameter_groups
+from study.sashimi import SaShiMi, describe_parameter_groups, parameter_count, parameter_groups
 
 log = logging.getLogger(__name__)
 SPLITS_EVALUATED = ("val", "test")
@@ -123,8 +123,12 @@ def restore_rng_state(state: dict) -> None:
         torch.cuda.set_rng_state_all(state["cuda"])
 
 
+def optimizer_groups(model: SaShiMi, settings: TrainSettings) -> list[dict]:
+    return parameter_groups(model, settings.lr, settings.weight_decay, settings.exempt_decoder_bias)
+
+
 def build_optimizer(model: SaShiMi, settings: TrainSettings) -> torch.optim.Optimizer:
-    groups = parameter_groups(model, settings.lr, settings.weight_decay)
+    groups = optimizer_groups(model, settings)
     return torch.optim.AdamW(groups, lr=settings.lr, betas=tuple(settings.betas), weight_decay=settings.weight_decay)
 
 
@@ -471,6 +475,8 @@ class Run:
             data_fingerprint=self.prepared.fingerprint, data_cache=str(self.prepared.path),
             data_warnings=list(self.prepared.manifest.get("warnings", [])),
             parameters=parameter_count(self.model), seed=int(config.seed), git=git_state(Path(__file__).parent),
+            optimizer_groups=describe_parameter_groups(self.model, optimizer_groups(self.model, self.settings)),
+            deviations=deviations(self.settings),
             packages=package_versions(), device=device_description(self.device),
             command=self.command,
             started=record.get("started", started))
@@ -511,6 +517,14 @@ class Run:
         if self.tracker is not None:
             self.tracker.finish()
             self.tracker = None
+
+
+def deviations(settings: TrainSettings) -> list[str]:
+    """The deliberate departures from the official recipe this run makes (empty by default)."""
+    found = []
+    if settings.exempt_decoder_bias:
+        found.append("train.exempt_decoder_bias=true: the decoder bias takes no weight decay (official: decayed)")
+    return found
 
 
 def resolve_init_from(value: str, runs_root: Path) -> Path:

@@ -45,6 +45,7 @@ class Trial:
     stands_in_for: str | None = None
     warnings: tuple[str, ...] = ()
     error: str | None = None
+    quantizer: str | None = "official"   # None: a record from before data.quantizer existed
 
 
 def final_metrics(test_bpb: float, val_bpb: float, test_accuracy: float) -> dict:
@@ -64,7 +65,7 @@ def signature_of(trial: Trial) -> str:
     return hashlib.sha1(text.encode()).hexdigest()[:12]
 
 
-def trials() -> list[Trial]:
+def default_trials() -> list[Trial]:
     stand_in = dict(data="toy-piano", stands_in_for="youtubemix", warnings=(LEAKAGE_WARNING,))
     rows = [Trial("replicate", "youtubemix-sashimi-8", scale="smoke", seed=seed, test_bpb=2.0 + 0.1 * seed,
                   val_bpb=1.9 + 0.1 * seed, test_accuracy=0.40 + 0.02 * seed, **stand_in) for seed in range(3)]
@@ -87,6 +88,8 @@ def run_record(trial: Trial, run_dir: Path, index: int) -> dict:
               "data": {"name": trial.stands_in_for or trial.data},
               "train": {"lr": 0.004, "weight_decay": 0.0}}
     data_config = {"name": trial.data, "sample_rate": 16000}
+    if trial.quantizer is not None:
+        data_config["quantizer"] = trial.quantizer
     if trial.stands_in_for:
         data_config["stands_in_for"] = trial.stands_in_for
     finished = trial.status == "finished"
@@ -168,11 +171,12 @@ def write_sampling_search(folder: Path) -> Path:
     return path
 
 
-def build_fixture(root: Path) -> Fixture:
-    """Write runs/{replicate,ablation,grid-dropout} with results.parquet and run.json files under `root`."""
+def build_fixture(root: Path, trials: list[Trial] | None = None) -> Fixture:
+    """Write runs/{replicate,ablation,grid-dropout} with results.parquet and run.json files under `root`
+    (the default trials, or `trials`)."""
     runs_dir = root / "runs"
     rows: dict[str, list[dict]] = {}
-    for index, trial in enumerate(trials()):
+    for index, trial in enumerate(trials if trials is not None else default_trials()):
         run_dir = runs_dir / trial.study / signature_of(trial)
         run_dir.mkdir(parents=True, exist_ok=True)
         record = run_record(trial, run_dir, index)

@@ -59,14 +59,41 @@ def test_workshop_table_flags_smoke_and_stand_in_columns(fixture):
     assert "smoke scale" in mix.flags and "stand-in data (toy-piano for youtubemix)" in mix.flags
     assert "1 of 3 trials not finished, left out" in two.flags
     formatted = table.formatted()
-    assert "youtubemix-sashimi-8 (n=3) †" in formatted.columns
-    assert formatted.loc["final/test/bpb", "youtubemix-sashimi-8 (n=3) †"] == "2.1000 ± 0.1000"
-    assert formatted.loc["final/test/bpb", "bigband-sashimi-8 (n=1)"] == "3.2000"
+    assert "youtubemix-sashimi-8 (n=3, official tokens) †" in formatted.columns
+    assert formatted.loc["final/test/bpb", "youtubemix-sashimi-8 (n=3, official tokens) †"] == "2.1000 ± 0.1000"
+    assert formatted.loc["final/test/bpb", "bigband-sashimi-8 (n=1, official tokens)"] == "3.2000"
     assert formatted.loc["final/test/bpb", "Δ paper (youtubemix-sashimi-8)"] == "+0.8060"
-    assert formatted.loc["final/test/bpb", "workshop: YouTubeBigBand - 2 layers"] == "3.1636"
+    assert formatted.loc["final/test/bpb", "workshop: YouTubeBigBand - 2 layers (official tokens)"] == "3.1636"
     assert any("NOT a replication" in note and "stand-in" in note for note in table.notes)
     assert any("youtubemix-sashimi-8 <- study replicate" in note and "'YouTubeMix - 8 layers'" in note
                for note in table.notes)
+
+
+def test_columns_say_their_quantizer_and_mark_comparisons_across_quantizers(tmp_path):
+    from dataclasses import replace
+
+    from analysis_fixture import build_fixture, default_trials
+
+    def torchaudio_for_bigband_2(rows):
+        return [replace(row, quantizer=None) if row.experiment == "bigband-sashimi-2" and row.seed == 1 else row
+                for row in rows]
+
+    fixture = build_fixture(tmp_path, trials=torchaudio_for_bigband_2(default_trials()))
+    table = workshop_table(load_results(fixture.runs_dir))
+    by_label = {column.label: column for column in table.columns}
+    # seed 1 of bigband-sashimi-2 was tokenised before data.quantizer existed (torchaudio): its own column
+    official, other = by_label["bigband-sashimi-2 (official)"], by_label["bigband-sashimi-2 (torchaudio)"]
+    assert official.seeds == [0] and other.seeds == [1]
+    assert official.is_replication and not other.is_replication and not other.same_tokens_as_references
+    formatted = table.formatted()
+    header = "bigband-sashimi-2 (torchaudio) (n=1, torchaudio tokens) † ‡"
+    assert formatted.loc["final/test/bpb", header] == "3.3000"
+    # the difference is shown, marked as across quantizers, not hidden
+    assert formatted.loc["final/test/bpb", "Δ workshop (bigband-sashimi-2 (torchaudio)) ‡"] == "+0.1364"
+    assert any("torchaudio quantizer" in note and "different tokens" in note for note in table.notes)
+    tidy = table.tidy()
+    assert set(tidy[tidy.column == "bigband-sashimi-2 (torchaudio)"]["across_quantizers"]) == {True}
+    assert set(tidy[tidy.column == "bigband-sashimi-8"]["quantizer"]) == {"official"}
 
 
 def test_grid_studies_get_their_own_columns_only_on_request(fixture):
@@ -94,7 +121,7 @@ def test_exports_contain_the_values(fixture, tmp_path):
     assert "| final/test/bpb | 2.1000 ± 0.1000 | 2.0640 | +0.0360 | 1.2940 | +0.8060 |" in markdown
     latex = to_latex(formatted, caption="Final metrics", notes=table.notes)
     for needle in (r"\toprule", r"\midrule", r"\bottomrule", r"2.1000 $\pm$ 0.1000", r"3.2000 $\pm$ 0.1414",
-                   r"youtubemix-sashimi-8 (n=3) $^\dagger$", r"\caption{Final metrics}", "% Ours: mean"):
+                   r"youtubemix-sashimi-8 (n=3, official tokens) $^\dagger$", r"\caption{Final metrics}", "% Ours: mean"):
         assert needle in latex
     paths = write_table(formatted, tmp_path / "tables", "workshop", numbers=table.tidy(), notes=table.notes)
     csv = pd.read_csv(paths["csv"])

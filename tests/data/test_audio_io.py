@@ -111,5 +111,5 @@ def test_load_tokens_tokenises_blocks_like_training_windows(tmp_path):
     audio = load_audio(path, 16000)
     tokens = load_tokens(path, config)
     assert tokens.shape == audio.shape and tokens.dtype == torch.int64
-    assert torch.equal(tokens[:4096], tokenize(audio[:4096], 8, "mu-law", "minmax"))
-    assert torch.equal(tokens[12288:], tokenize(audio[12288:], 8, "mu-law", "minmax"))
+    assert torch.equal(tokens[:4096], tokenize(audio[:4096], 8, "mu-law", "minmax", quantizer="official"))
+    assert torch.equal(tokens[12288:], tokenize(audio[12288:], 8, "mu-law", "minmax", quantizer="official"))

@@ -6,12 +6,14 @@ import pytest
 from omegaconf import OmegaConf
 
 from study.config import compose_config
+from study.data import DataError
 from study.data.settings import DataSettings
 
 DATA_DIR = Path(__file__).resolve().parents[2] / "experiments" / "data"
 NAMES = ("youtubemix", "bigband", "folder", "toy-piano", "toy-trio")
 OFFICIAL = {"sample_rate": 16000, "clip_seconds": 60, "split": [0.88, 0.06, 0.06], "sample_len": 131072,
-            "bits": 8, "quantization": "mu-law", "normalization": "minmax"}
+            "bits": 8, "quantization": "mu-law", "normalization": "minmax",
+            "quantizer": "official"}
 
 
 def test_every_data_config_has_the_same_keys_and_official_preprocessing():
@@ -41,3 +43,13 @@ def test_root_config_composes_with_each_data_choice(name):
     config = compose_config([f"data={name}", "data.sample_rate=8000"])
     assert config.data.name == name and config.data.sample_rate == 8000
     assert {"data_cache", "downloads"} <= set(config.paths)
+
+
+def test_quantizer_is_checked_and_part_of_the_run_signature():
+    from study.training.experiment import load_experiment
+    official = load_experiment(["data=toy-piano"])
+    assert official.data.quantizer == "official"
+    other = load_experiment(["data=toy-piano", "data.quantizer=torchaudio"])
+    assert other.signature != official.signature
+    with pytest.raises(DataError, match="data.quantizer='nearest' is not one of .* set data.quantizer=official"):
+        DataSettings.from_config(compose_config(["data=toy-piano", "data.quantizer=nearest"]).data)

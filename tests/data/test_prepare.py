@@ -19,13 +19,14 @@ from study.data.settings import PREPROCESSING_KNOBS, DataSettings
 
 
 def reference_tokens(audio: np.ndarray, sample_len: int) -> np.ndarray:
-    """Windows -> per-window min-max to [-1, 1] -> 8-bit mu-law, in float64 numpy."""
+    """Consecutive windows of the whole file -> the official min-max (+1e-6) -> official 8-bit mu-law
+    (|y + 1e-8|, trunc(t * 255.99 + 0.005)), in float64 numpy."""
     count = len(audio) // sample_len
     windows = audio[: count * sample_len].reshape(count, sample_len).astype(np.float64)
     low, high = windows.min(axis=1, keepdims=True), windows.max(axis=1, keepdims=True)
-    scaled = 2 * (windows - low) / (high - low) - 1
-    companded = np.sign(scaled) * np.log1p(255 * np.abs(scaled)) / np.log1p(255)
-    return np.floor(255 * (companded + 1) / 2 + 0.5).astype(np.int64)
+    scaled = -1 + 2 * (windows - low) / (high - low + 1e-6)
+    companded = np.sign(scaled) * np.log1p(255 * np.abs(scaled + 1e-8)) / np.log1p(255)
+    return np.trunc((companded + 1) / 2 * 255.99 + 0.005).astype(np.int64)
 
 
 def test_toy_preparation_layout_manifest_and_tokens(paths):
@@ -79,20 +80,21 @@ def settings_for(**overrides) -> DataSettings:
 FILES = (["a.wav", "b.wav"], ["0" * 64, "1" * 64])
 KNOB_CHANGES = {
     "sample_rate": 8000, "clip_seconds": 1.0, "split": [0.8, 0.1, 0.1], "sample_len": 2048, "bits": 7,
-    "quantization": "linear", "normalization": "none", "seed": 1, "toy_clips": 6, "toy_clip_seconds": 3.0,
+    "quantization": "linear", "normalization": "none", "quantizer": "torchaudio", "seed": 1, "toy_clips": 6, "toy_clip_seconds": 3.0,
 }
 
 
 def test_fingerprint_is_stable_across_runs_and_pinned():
     base = compute_fingerprint(settings_for(), *FILES)
     assert base == compute_fingerprint(settings_for(), *FILES)
-    payload = {"format_version": 1, "files": [["a.wav", "0" * 64], ["b.wav", "1" * 64]], "knobs": {
-        "bits": 8, "clip_seconds": 60, "normalization": "minmax", "quantization": "mu-law", "sample_len": 4096,
+    payload = {"format_version": 2, "files": [["a.wav", "0" * 64], ["b.wav", "1" * 64]], "knobs": {
+        "bits": 8, "clip_seconds": 60, "normalization": "minmax", "quantization": "mu-law", "quantizer": "official", "sample_len": 4096,
         "sample_rate": 16000, "seed": 0, "split": [0.6, 0.2, 0.2], "toy_clip_seconds": 2.0, "toy_clips": 5}}
     text = json.dumps(payload, sort_keys=True, separators=(",", ":"))
     assert base == hashlib.sha256(text.encode()).hexdigest()
     # pinned: a change here renames every existing cache; bump FORMAT_VERSION on purpose instead
-    assert base == "be17731ae9a002c4a627c44c2c3401bbebfcc3e7f7aafc98a4f6f4b5f5855d91"
+    # (format 2 and the quantizer knob: per-file windows and official tokens)
+    assert base == "21d80d81325677449b26c75f5100a9ae733d1fc7a9485fc9894d85c67b73bb4b"
 
 
 @pytest.mark.parametrize("knob", sorted(KNOB_CHANGES))
@@ -155,16 +157,18 @@ def test_resampled_stereo_source_matches_independent_pipeline(tmp_path, paths):
     assert prepared.manifest["files"][0]["source_sample_rate"] == 44100
 
 
-def test_clip_seconds_cuts_files_before_windowing(tmp_path, paths):
+def test_windows_run_over_the_whole_file_as_the_official_loader(tmp_path, paths):
     music = tmp_path / "music"
     for index in range(3):
         write_wav(music / f"{index}.wav", sine(5.0, 16000))
-    # 5 s = 80000 samples; clips of 2 s = 32000 -> 7 + 7 + 3 windows of 4096 (remainders dropped per clip)
+    # 5 s = 80000 samples -> 19 consecutive windows of 4096 from the first sample, margin 2176 dropped;
+    # clips of 2 s (32000) only bound the decoding: window k starts in clip (4096 k) // 32000
     prepared = prepare(data_config("folder", path=str(music), clip_seconds=2.0, **SMALL), paths)
-    assert [(f["clips"], f["windows"]) for f in prepared.manifest["files"]] == [(3, 17)] * 3
+    assert [(f["clips"], f["windows"]) for f in prepared.manifest["files"]] == [(3, 19)] * 3
     train = datasets.load_from_disk(str(prepared.path / "train"))
-    assert train["clip_index"][:17] == [0] * 7 + [1] * 7 + [2] * 3
-    assert train["window_index"][:17] == list(range(7)) + list(range(7)) + list(range(3))
+    assert train["window_index"][:19] == list(range(19))
+    assert train["clip_index"][:19] == [4096 * k // 32000 for k in range(19)]
+    assert train["clip_index"][7:9] == [0, 1]  # window 7 (28672..32767) straddles the first clip boundary
 
 
 def test_sixteen_bit_tokens_are_stored_as_uint16(paths):

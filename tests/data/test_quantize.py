@@ -1,4 +1,6 @@
-"""Quantisation: round-trip error bounds derived from the formulas, zero level, shift, normalisation."""
+"""The torchaudio quantizer: round-trip error bounds derived from the formulas, zero level, shift, normalisation.
+
+The official quantizer has its own tests in test_official_quantizer.py."""
 
 import math
 
@@ -9,6 +11,7 @@ import torch
 from study.data.quantize import decode, encode, normalize_window, shift_inputs, tokenize, zero_token
 
 BITS = (2, 4, 8, 12, 16)
+TA = "torchaudio"
 
 
 def reference_encode(x: np.ndarray, bits: int, quantization: str) -> np.ndarray:
@@ -39,7 +42,7 @@ def samples() -> np.ndarray:
 def test_linear_round_trip_error_is_at_most_half_a_step(samples, bits):
     # levels are 2/mu apart over [-1, 1]; rounding to the nearest misses by at most half of that, 1/mu
     x = torch.from_numpy(samples)
-    error = (decode(encode(x, bits, "linear"), bits, "linear").double() - x).abs()
+    error = (decode(encode(x, bits, "linear", quantizer=TA), bits, "linear", quantizer=TA).double() - x).abs()
     step = 2 / (2**bits - 1)
     assert error.max().item() <= step / 2 + 1e-6
     assert error.max().item() >= 0.45 * step  # the bound is reached, not loose
@@ -48,7 +51,7 @@ def test_linear_round_trip_error_is_at_most_half_a_step(samples, bits):
 @pytest.mark.parametrize("bits", BITS)
 def test_mu_law_round_trip_error_within_companding_slope_bound(samples, bits):
     x = torch.from_numpy(samples)
-    error = (decode(encode(x, bits, "mu-law"), bits, "mu-law").double() - x).abs().numpy()
+    error = (decode(encode(x, bits, "mu-law", quantizer=TA), bits, "mu-law", quantizer=TA).double() - x).abs().numpy()
     bound = mu_law_bound(samples, bits)
     assert np.all(error <= bound + 1e-6), float(np.max(error - bound))
     assert np.max(error / (bound + 1e-6)) > 0.3  # the bound is of the right size
@@ -57,35 +60,35 @@ def test_mu_law_round_trip_error_within_companding_slope_bound(samples, bits):
 @pytest.mark.parametrize("quantization", ["mu-law", "linear"])
 @pytest.mark.parametrize("bits", BITS)
 def test_encode_matches_independent_formula_and_range(samples, bits, quantization):
-    tokens = encode(torch.from_numpy(samples), bits, quantization).numpy()
+    tokens = encode(torch.from_numpy(samples), bits, quantization, quantizer=TA).numpy()
     expected = reference_encode(samples, bits, quantization)
     assert tokens.dtype == np.int64
     assert tokens.min() == 0 and tokens.max() == 2**bits - 1
     assert np.all(np.abs(tokens - expected) <= 1)  # float32 vs float64 at a rounding boundary
     assert np.mean(tokens == expected) > 0.999
-    assert np.all(np.diff(encode(torch.linspace(-1, 1, 5001), bits, quantization).numpy()) >= 0)  # monotone
+    assert np.all(np.diff(encode(torch.linspace(-1, 1, 5001), bits, quantization, quantizer=TA).numpy()) >= 0)  # monotone
 
 
 @pytest.mark.parametrize("quantization", ["mu-law", "linear"])
 @pytest.mark.parametrize("bits", BITS)
 def test_decode_then_encode_gives_back_every_token(bits, quantization):
     tokens = torch.arange(2**bits)
-    assert torch.equal(encode(decode(tokens, bits, quantization), bits, quantization), tokens)
+    assert torch.equal(encode(decode(tokens, bits, quantization, quantizer=TA), bits, quantization, quantizer=TA), tokens)
 
 
 @pytest.mark.parametrize("quantization", ["mu-law", "linear"])
 @pytest.mark.parametrize("bits", BITS)
 def test_silence_encodes_to_the_zero_token(bits, quantization):
     assert zero_token(bits) == 2 ** (bits - 1)
-    assert encode(torch.zeros(3), bits, quantization).tolist() == [zero_token(bits)] * 3
+    assert encode(torch.zeros(3), bits, quantization, quantizer=TA).tolist() == [zero_token(bits)] * 3
     # the zero token sits half a companded step above 0: c' = 1/mu, so x' = 1/mu (linear), ((1+mu)^(1/mu)-1)/mu (mu-law)
     mu = 2**bits - 1
     expected = 1 / mu if quantization == "linear" else ((1 + mu) ** (1 / mu) - 1) / mu
-    assert decode(torch.tensor([zero_token(bits)]), bits, quantization).item() == pytest.approx(expected, rel=1e-4)
+    assert decode(torch.tensor([zero_token(bits)]), bits, quantization, quantizer=TA).item() == pytest.approx(expected, rel=1e-4)
 
 
 def test_out_of_range_audio_is_clamped():
-    tokens = encode(torch.tensor([-3.0, 3.0, float("1e9")]), 8, "mu-law")
+    tokens = encode(torch.tensor([-3.0, 3.0, float("1e9")]), 8, "mu-law", quantizer=TA)
     assert tokens.tolist() == [0, 255, 255]
 
 
@@ -102,7 +105,7 @@ def test_shift_inputs_puts_zero_first_and_delays_by_one():
 def test_minmax_normalisation_spans_minus_one_to_one_per_window():
     rng = np.random.default_rng(1)
     windows = torch.from_numpy(rng.normal(0.1, 0.05, (4, 1000)).astype(np.float32))
-    scaled = normalize_window(windows, "minmax")
+    scaled = normalize_window(windows, "minmax", quantizer=TA)
     assert torch.allclose(scaled.amin(dim=-1), torch.full((4,), -1.0), atol=1e-6)
     assert torch.allclose(scaled.amax(dim=-1), torch.full((4,), 1.0), atol=1e-6)
     for row in range(4):  # an affine map of each window: x' = a x + b with a > 0
@@ -113,15 +116,17 @@ def test_minmax_normalisation_spans_minus_one_to_one_per_window():
 
 def test_constant_window_normalises_to_silence_and_none_is_identity():
     flat = torch.full((2, 50), 0.3)
-    assert torch.equal(normalize_window(flat, "minmax"), torch.zeros(2, 50))
-    assert torch.equal(normalize_window(flat, "none"), flat)
-    assert torch.equal(tokenize(flat, 8, "mu-law", "minmax"), torch.full((2, 50), 128))
+    assert torch.equal(normalize_window(flat, "minmax", quantizer=TA), torch.zeros(2, 50))
+    assert torch.equal(normalize_window(flat, "none", quantizer=TA), flat)
+    assert torch.equal(tokenize(flat, 8, "mu-law", "minmax", quantizer=TA), torch.full((2, 50), 128))
 
 
 def test_bad_arguments_raise_with_the_fix():
     with pytest.raises(ValueError, match="data.bits=8"):
-        encode(torch.zeros(2), 40, "mu-law")
+        encode(torch.zeros(2), 40, "mu-law", quantizer=TA)
     with pytest.raises(ValueError, match="data.quantization"):
-        decode(torch.zeros(2), 8, "a-law")
+        decode(torch.zeros(2), 8, "a-law", quantizer=TA)
+    with pytest.raises(ValueError, match="data.quantizer=official"):
+        encode(torch.zeros(2), 8, "mu-law", quantizer="nearest")
     with pytest.raises(ValueError, match="data.normalization"):
-        normalize_window(torch.zeros(2), "rms")
+        normalize_window(torch.zeros(2), "rms", quantizer=TA)

@@ -11,8 +11,10 @@ OFFICIAL = (0.88, 0.06, 0.06)
 
 
 def official_slices(n: int) -> tuple[int, int, int]:
-    """The official loader: files[int(ratio_min * N) : int(ratio_max * N)] with 0 / 0.88 / 0.94 / 1."""
-    edges = [0, int(0.88 * n), int(0.94 * n), n]
+    """The official loader: files[int(ratio_min * N) : int(ratio_max * N)] with ratio_max of val
+    train_percentage + (1 - train_percentage) / 2, as its QuantizedAutoregressiveAudio.setup writes it."""
+    train_percentage = 0.88
+    edges = [0, int(train_percentage * n), int((train_percentage + (1 - train_percentage) / 2) * n), n]
     return tuple(edges[k + 1] - edges[k] for k in range(3))
 
 
@@ -21,10 +23,15 @@ def test_youtubemix_241_files_split_212_14_15():
 
 
 def test_counts_match_the_official_slices_and_sum_to_n():
-    for n in range(1, 1000):
+    for n in range(1, 5000):
         counts = split_counts(n, OFFICIAL)
         assert sum(counts) == n
         assert counts == official_slices(n), n
+
+
+def test_2150_files_split_as_the_official_float_arithmetic_does():
+    # 0.94 * 2150 = 2020.9999999999998: the official int() gives 2020, not 2021
+    assert split_counts(2150, OFFICIAL) == (1892, 128, 130)
 
 
 def test_toy_default_32_clips_have_val_and_test_files():

@@ -45,7 +45,7 @@ def test_toy_folder_is_written_once_and_reused(tmp_path):
 def tokens_of(style: str, index: int, seconds: float = 20.0) -> np.ndarray:
     audio = generate_clip(style, 0, index, seconds)
     windows = torch.from_numpy(audio[: len(audio) // 4096 * 4096].reshape(-1, 4096))
-    return tokenize(windows, 8, "mu-law", "minmax").numpy().astype(np.int64)
+    return tokenize(windows, 8, "mu-law", "minmax", quantizer="official").numpy().astype(np.int64)
 
 
 def order2_bits_per_sample(train: np.ndarray, test: np.ndarray, alpha: float = 0.01) -> float:
@@ -64,7 +64,7 @@ def order2_bits_per_sample(train: np.ndarray, test: np.ndarray, alpha: float = 0
 def test_toy_music_is_learnable_by_an_order_two_predictor():
     # 8-bit tokens cost 8 bits/sample uncompressed; white noise stays near that, music must not
     noise = np.random.default_rng(0).uniform(-1, 1, (2, 80 * 4096)).astype(np.float32)
-    noise_tokens = tokenize(torch.from_numpy(noise.reshape(-1, 4096)), 8, "mu-law", "minmax").numpy().astype(np.int64)
+    noise_tokens = tokenize(torch.from_numpy(noise.reshape(-1, 4096)), 8, "mu-law", "minmax", quantizer="official").numpy().astype(np.int64)
     noise_bits = order2_bits_per_sample(noise_tokens[:80], noise_tokens[80:])
     assert noise_bits > 7.0
     for style in ("piano", "trio"):

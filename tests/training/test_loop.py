@@ -54,6 +54,10 @@ def test_run_record_makes_the_run_reproducible(tmp_path, data_cache):
         assert key in on_disk, key
     assert on_disk["packages"]["torch"].startswith("2.11")
     assert on_disk["data_config"]["name"] == "toy-piano" and on_disk["data_fingerprint"]
+    assert on_disk["data_config"]["quantizer"] == "official" and on_disk["deviations"] == []
+    groups = {(group["lr"], group["weight_decay"]): group["tensors"] for group in on_disk["optimizer_groups"]}
+    assert "decoder.bias" in groups[(0.004, 0.0)] and "decoder.weight" in groups[(0.004, 0.0)]  # weight decay 0
+    assert all(name.rsplit(".", 1)[1] in ("inv_dt", "A_real", "A_imag", "B", "P") for name in groups[(0.001, 0.0)])
     # the same experiment lands in the same folder and is not trained again
     again = load_experiment(tiny(tmp_path, data_cache, "train.max_epochs=1", "tracking.wandb=offline"))
     assert again.run_dir == experiment.run_dir
