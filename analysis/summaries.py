@@ -8,7 +8,8 @@ from datetime import datetime, timezone
 
 import pandas as pd
 
-from analysis.results import STATUSES, Results, Study
+from analysis.results import Results, Study
+from study.records import STATUSES
 
 NOT_RECORDED = "not recorded"
 

@@ -41,7 +41,8 @@ from omegaconf import OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 from tqdm import tqdm
 
-from study.errors import GenerationError
+from study import validation
+from study.errors import ConfigError, GenerationError
 from study.training.checkpoint import CheckpointError, load_model
 from study.data import DataError
 from study.data.audio_io import UnusableAudioError, iter_audio, read_info
@@ -83,6 +84,21 @@ class GenerateConfig:
     data_cache: Optional[str] = None           # split prompts: prepared-data folder (default: checkpoint's)
     spectrograms: bool = True
     progress: bool = True
+
+    def __post_init__(self) -> None:
+        validation.number("prompt_seconds", self.prompt_seconds, 4, above=0, optional=True)
+        validation.number("prompt_start_seconds", self.prompt_start_seconds, 0.0, minimum=0)
+        validation.integer("prompt_windows", self.prompt_windows, 1, minimum=1)
+        validation.number("seconds", self.seconds, 4.0, above=0)
+        validation.integer("n", self.n, 1, minimum=1)
+        validation.integer("batch_size", self.batch_size, 16, minimum=1)
+        validation.number("temperature", self.temperature, 1.0, minimum=0)
+        validation.number("top_p", self.top_p, 1.0, above=0, maximum=1)
+        validation.integer("top_k", self.top_k, 0, minimum=0)
+        validation.integer("seed", self.seed, 0, minimum=0)
+        validation.choice("backend", self.backend, BACKENDS)
+        validation.choice("device", self.device, ("auto", "cpu", "cuda"))
+        validation.integer("threads", self.threads, 0, minimum=0)
 
 
 def parse_config(argv: list[str]) -> GenerateConfig:
@@ -680,7 +696,7 @@ def main(argv: list[str]) -> int:
         return 0
     try:
         run(parse_config(argv))
-    except (GenerationError, CheckpointError, DataError) as error:
+    except (GenerationError, CheckpointError, DataError, ConfigError) as error:
         print(f"study generate: {error}", file=sys.stderr)
         return 2
     return 0

@@ -21,6 +21,8 @@ from tqdm import tqdm
 
 from study.training.checkpoint import CheckpointError, load_checkpoint, load_weights, model_payload, save_checkpoint
 from study.config import ConfigError
+from study.migrate import adopt_moved_run
+from study.signature import config_delta
 from study.training.experiment import Experiment, TrainSettings, load_experiment
 from study.training.metrics import MetricSums, prefixed
 from study.training.record import device_description, git_state, package_versions, read_record, update_record
@@ -323,6 +325,7 @@ class Run:
 
     def execute(self) -> dict:
         """Train to the end (or resume and finish); returns the run record."""
+        adopt_moved_run(self.run_dir)  # a folder named by an earlier signature scheme becomes this one
         record = read_record(self.run_dir)
         if record.get("status") == "finished":
             print(f"already finished: {self.run_dir} (signature {self.experiment.signature}); nothing to do")
@@ -339,6 +342,7 @@ class Run:
         config = self.experiment.config
         update_record(
             self.run_dir, status="running", name=str(config.name), signature=self.experiment.signature,
+            signature_delta=config_delta(config),
             config=OmegaConf.to_container(config, resolve=True),
             data_config=OmegaConf.to_container(self.experiment.data, resolve=True),
             data_fingerprint=self.prepared.fingerprint, data_cache=str(self.prepared.path),
