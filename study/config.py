@@ -10,13 +10,14 @@ from pathlib import Path
 
 from hydra import compose, initialize_config_dir
 from hydra.core.config_store import ConfigStore
-from hydra.errors import ConfigCompositionException
+from hydra.errors import HydraException
 from omegaconf import MISSING, DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
 from study import validation
 from study.data.settings import DataSettings
 from study.errors import ConfigError
+from study.records import flatten
 from study.sashimi import ModelConfig
 from study.training.settings import TrainSettings
 
@@ -115,7 +116,7 @@ def compose_config(overrides: list[str] | tuple[str, ...] = (), config_name: str
         with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base="1.3", job_name="study"):
             config = compose(config_name=config_name, overrides=list(overrides))
         OmegaConf.resolve(config)
-    except ConfigCompositionException as error:
+    except HydraException as error:  # composition, override syntax, missing group option
         cause = error.__cause__ or error
         raise ConfigError(
             f"cannot compose the config from overrides {list(overrides)}: {first_line(cause)}. "
@@ -133,12 +134,16 @@ def first_line(error: BaseException) -> str:
     key = getattr(error, "full_key", None)
     if not key:
         return detail
-    try:
-        default = OmegaConf.select(OmegaConf.structured(StudyConfig), str(key), throw_on_missing=False)
-    except OmegaConfBaseException:
-        default = None
-    example = f"; e.g. {key}={default}" if default is not None and not OmegaConf.is_config(default) else ""
+    default = default_values().get(str(key))
+    example = f"; e.g. {key}={default}" if default is not None and default != MISSING else ""
     return f"{detail} (key {key}{example})"
+
+
+def default_values() -> dict:
+    """Every schema key's default, flattened ('???' where a group file must set it, e.g. data.name)."""
+    root = OmegaConf.structured(StudyConfig)
+    root.data = OmegaConf.structured(DataSettings)
+    return flatten(OmegaConf.to_container(root, resolve=False, throw_on_missing=False))
 
 
 def settings_from(config: DictConfig) -> StudyConfig:

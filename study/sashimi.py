@@ -354,6 +354,14 @@ class SaShiMi(nn.Module):
         return self.decoder(x), state
 
 
+def __getattr__(name: str):
+    """`PRESETS`: {name: ModelConfig} of experiments/model/*.yaml, read when asked (the files hold them)."""
+    if name == "PRESETS":
+        from study.config import config_groups, model_preset
+        return {preset: model_preset(preset) for preset in config_groups()["model"]}
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
 def build_model(preset_or_config: str | ModelConfig, **overrides) -> SaShiMi:
     """A SaShiMi model from a preset (a name in experiments/model/, e.g. 'sashimi-2') or a ModelConfig,
     with overrides."""

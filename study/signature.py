@@ -12,18 +12,10 @@ from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
 from study import validation
-from study.config import StudyConfig
-from study.data.settings import DataSettings
+from study.config import StudyConfig, default_values
 from study.records import SIGNATURE_EXCLUDED, flatten, listed
 
 LENGTH = 12
-
-
-def default_values() -> dict:
-    """Every schema key's default, flattened ('???' where a group file must set it, e.g. data.name)."""
-    root = OmegaConf.structured(StudyConfig)
-    root.data = OmegaConf.structured(DataSettings)
-    return flatten(OmegaConf.to_container(root, resolve=False, throw_on_missing=False))
 
 
 def typed_values(config: DictConfig | dict) -> dict:

@@ -36,6 +36,8 @@ COVERED_BY = {
     "make replicate SCALE=smoke": "tests/test_harness.py::test_replicate_and_ablation_smoke_studies_end_to_end",
     "study train": "tests/training/test_loop.py::test_loss_falls_on_toy_music",
     "study bench kernel": "tests/bench/test_kernel_bench.py",
+    "study migrate-runs runs=runs":
+        "tests/test_signature.py::test_migrate_runs_renames_folders_and_updates_records_and_results",
 }
 
 
