@@ -86,19 +86,10 @@ class GenerateConfig:
     progress: bool = True
 
     def __post_init__(self) -> None:
+        """The prompt keys, checked even without a prompt; the others are checked where they are used."""
         validation.number("prompt_seconds", self.prompt_seconds, 4, above=0, optional=True)
         validation.number("prompt_start_seconds", self.prompt_start_seconds, 0.0, minimum=0)
         validation.integer("prompt_windows", self.prompt_windows, 1, minimum=1)
-        validation.number("seconds", self.seconds, 4.0, above=0)
-        validation.integer("n", self.n, 1, minimum=1)
-        validation.integer("batch_size", self.batch_size, 16, minimum=1)
-        validation.number("temperature", self.temperature, 1.0, minimum=0)
-        validation.number("top_p", self.top_p, 1.0, above=0, maximum=1)
-        validation.integer("top_k", self.top_k, 0, minimum=0)
-        validation.integer("seed", self.seed, 0, minimum=0)
-        validation.choice("backend", self.backend, BACKENDS)
-        validation.choice("device", self.device, ("auto", "cpu", "cuda"))
-        validation.integer("threads", self.threads, 0, minimum=0)
 
 
 def parse_config(argv: list[str]) -> GenerateConfig:
