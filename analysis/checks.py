@@ -10,7 +10,8 @@ from dataclasses import asdict, dataclass
 
 import pandas as pd
 
-from analysis.results import FINAL_METRICS, RESULTS_FILE, SPLITS, Results, Study, config_columns, flatten
+from analysis.results import Results, Study, config_columns
+from study.records import FINAL_METRICS, RESULTS_FILE, SPLITS, flatten
 
 LEVELS = ("error", "warning", "missing", "note")
 RELATIVE_TOLERANCE = 1e-6

@@ -1,7 +1,6 @@
 """Hyperparameter grids: each metric's mean and std over seeds for every value of the varied keys,
-and the value a researcher would pick (lowest mean val bpb).
-
-It selects on validation only and never on test; test columns are shown for the selected value.
+and the value a researcher would pick (best mean of the study's `metric:` in its `mode:`; lowest val
+bpb by default). Select on validation, never on test; test columns are shown for the selected value.
 """
 
 import math
@@ -10,10 +9,16 @@ from dataclasses import dataclass
 import pandas as pd
 
 from analysis.results import Results, finished
+from study.records import DEFAULT_METRIC, DEFAULT_MODE
 from analysis.tables import DECIMALS, mean_std
 
 GRID_METRICS = ("final/val/bpb", "final/test/bpb", "final/val/accuracy", "final/test/accuracy")
-SELECTION_METRIC = "final/val/bpb"
+
+
+def selection_label(metric: str, mode: str) -> str:
+    """'lowest val bpb' for (final/val/bpb, min), 'highest val accuracy' for (final/val/accuracy, max)."""
+    words = metric.removeprefix("final/").replace("/", " ")
+    return f"{'lowest' if mode == 'min' else 'highest'} {words}"
 
 
 @dataclass
@@ -25,25 +30,32 @@ class Grid:
     trials: pd.DataFrame
     scale: str
     experiment: str
+    metric: str = DEFAULT_METRIC    # the study's selection metric and mode (its study.json)
+    mode: str = DEFAULT_MODE
 
     @property
     def best(self):
-        """The index entry with the lowest mean selection metric (val bpb), or None if none finished."""
-        column = (SELECTION_METRIC, "mean")
+        """The index entry with the best mean selection metric (lowest for mode min), or None if none finished."""
+        column = (self.metric, "mean")
         if column not in self.values or self.values[column].dropna().empty:
             return None
-        return self.values[column].idxmin()
+        means = self.values[column]
+        return means.idxmin() if self.mode == "min" else means.idxmax()
+
+    @property
+    def selection(self) -> str:
+        return selection_label(self.metric, self.mode)
 
     def formatted(self, decimals: int = DECIMALS) -> pd.DataFrame:
-        """'m ± s' per metric, the seed count, and a mark on the value selected by val bpb."""
+        """'m ± s' per metric, the seed count, and a mark on the value selected by the study's metric."""
         table = pd.DataFrame(index=self.values.index)
-        for metric in GRID_METRICS:
+        for metric in dict.fromkeys((*GRID_METRICS, self.metric)):
             if (metric, "mean") in self.values:
                 table[metric] = [mean_std(mean, std, decimals) for mean, std in
                                  zip(self.values[(metric, "mean")], self.values[(metric, "std")])]
         table["seeds"] = self.values[(GRID_METRICS[0], "n")].astype(int) if (GRID_METRICS[0], "n") in self.values else 0
         best = self.best
-        table["selected (lowest val bpb)"] = ["✓" if index == best else "" for index in table.index]
+        table[f"selected ({self.selection})"] = ["✓" if index == best else "" for index in table.index]
         return table
 
 
@@ -72,7 +84,10 @@ def grids(results: Results) -> list[Grid]:
         if not study.varied_keys:
             continue
         keys = grid_keys(study.trials, study.varied_keys)
-        found.append(Grid(study=study.name, keys=keys, values=summarise(study.trials, keys), trials=finished(study.trials),
+        metrics = tuple(dict.fromkeys((*GRID_METRICS, study.metric)))
+        found.append(Grid(study=study.name, keys=keys, values=summarise(study.trials, keys, metrics),
+                          trials=finished(study.trials),
                           scale=", ".join(sorted(study.trials["scale"].astype(str).unique())),
-                          experiment=", ".join(sorted(study.trials["experiment"].astype(str).unique()))))
+                          experiment=", ".join(sorted(study.trials["experiment"].astype(str).unique())),
+                          metric=study.metric, mode=study.mode))
     return found

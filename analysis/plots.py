@@ -14,7 +14,7 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
 
-from analysis.grids import SELECTION_METRIC, Grid
+from analysis.grids import Grid
 
 LOG_SCALE_RATIO = 100.0  # a positive axis spanning this factor or more is drawn on a log scale
 MAX_LEGEND_ENTRIES = 12
@@ -83,10 +83,12 @@ def _positions(values: pd.Series) -> tuple[np.ndarray, list[str] | None, bool]:
     return np.array([categories.index(str(value)) for value in values], dtype=float), categories, False
 
 
-def grid_figure(grid: Grid, metrics: tuple[str, ...] = (SELECTION_METRIC, "final/test/bpb")) -> Figure | None:
-    """Each metric against the last varied key (mean ± std over seeds, seeds as dots), one panel per metric."""
+def grid_figure(grid: Grid, metrics: tuple[str, ...] | None = None) -> Figure | None:
+    """Each metric (default: the study's selection metric and test bpb) against the last varied key
+    (mean ± std over seeds, seeds as dots), one panel per metric."""
     if grid.values.empty:
         return None
+    metrics = metrics or tuple(dict.fromkeys((grid.metric, "final/test/bpb")))
     x_key, line_keys = grid.keys[-1], grid.keys[:-1]
     table = grid.values.reset_index()
     figure = new_figure(4.2 * len(metrics), 3.4)
@@ -114,7 +116,7 @@ def grid_figure(grid: Grid, metrics: tuple[str, ...] = (SELECTION_METRIC, "final
         axis.grid(alpha=0.3)
         axis.legend(fontsize=7)
     best = grid.best
-    figure.suptitle(f"{grid.study}: {grid.experiment} ({grid.scale}); lowest val bpb at {x_key}={best}"
+    figure.suptitle(f"{grid.study}: {grid.experiment} ({grid.scale}); {grid.selection} at {x_key}={best}"
                     if best is not None else f"{grid.study}: {grid.experiment} ({grid.scale})")
     return figure
 

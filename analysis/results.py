@@ -13,17 +13,8 @@ from pathlib import Path
 import pandas as pd
 
 from analysis.missing import Missing
-
-RESULTS_FILE = "results.parquet"
-RECORD_FILE = "run.json"
-TRIAL_COLUMNS = ("study", "trial", "signature", "seed", "status", "error", "wall_seconds", "parameters",
-                 "checkpoint", "run_dir", "experiment", "data", "scale")
-SPLITS = ("val", "test")
-METRIC_NAMES = ("loss", "bpb", "accuracy", "accuracy@3", "accuracy@5", "accuracy@10")
-FINAL_METRICS = tuple(f"final/{split}/{name}" for split in SPLITS for name in METRIC_NAMES)
-STATUSES = ("finished", "failed", "running", "pending")
-# Config keys that never describe the model or recipe, so they never count as "varied".
-BOOKKEEPING_KEYS = ("seed", "name", "description", "run_group", "paths.", "tracking.", "scale_name")
+from study.records import (BOOKKEEPING_KEYS, DEFAULT_METRIC, DEFAULT_MODE, FINAL_METRICS, RESULTS_FILE,
+                           RUN_RECORD_FILE, TRIAL_COLUMNS, flatten, listed, study_selection)
 
 
 def default_runs_dir() -> Path:
@@ -40,6 +31,8 @@ class Study:
     records: dict[str, dict] = field(default_factory=dict)
     source: str = RESULTS_FILE
     notes: list[Missing] = field(default_factory=list)
+    metric: str = DEFAULT_METRIC    # how the study picks its best trial (its study.json)
+    mode: str = DEFAULT_MODE
 
     @property
     def config_columns(self) -> list[str]:
@@ -99,7 +92,7 @@ def config_columns(trials: pd.DataFrame) -> list[str]:
 def varied_keys(trials: pd.DataFrame) -> list[str]:
     """Config-key columns with more than one distinct value among `trials` (seed excluded)."""
     return [column for column in config_columns(trials)
-            if not column.startswith(BOOKKEEPING_KEYS) and trials[column].dropna().astype(str).nunique() > 1]
+            if not listed(column, BOOKKEEPING_KEYS) and trials[column].dropna().astype(str).nunique() > 1]
 
 
 def find_studies(runs_dir: Path) -> list[str]:
@@ -109,7 +102,7 @@ def find_studies(runs_dir: Path) -> list[str]:
         return []
     names = []
     for folder in sorted(path for path in runs_dir.iterdir() if path.is_dir() and not path.name.startswith(".")):
-        if (folder / RESULTS_FILE).is_file() or any(folder.glob(f"*/{RECORD_FILE}")):
+        if (folder / RESULTS_FILE).is_file() or any(folder.glob(f"*/{RUN_RECORD_FILE}")):
             names.append(folder.name)
     return names
 
@@ -151,11 +144,11 @@ def load_study(runs_dir: Path, name: str) -> Study | Missing:
                            f"{rerun}; the harness rewrites results.parquet at the end of each trial")
         source = RESULTS_FILE
     else:
-        record_dirs = sorted(path.parent for path in folder.glob(f"*/{RECORD_FILE}"))
+        record_dirs = sorted(path.parent for path in folder.glob(f"*/{RUN_RECORD_FILE}"))
         if not record_dirs:
             return Missing(f"study {name!r}: {folder} has neither {RESULTS_FILE} nor run records", rerun)
-        trials = trials_from_records(name, [(path, read_json(path / RECORD_FILE)) for path in record_dirs])
-        source = RECORD_FILE
+        trials = trials_from_records(name, [(path, read_json(path / RUN_RECORD_FILE)) for path in record_dirs])
+        source = RUN_RECORD_FILE
         notes.append(Missing(f"{RESULTS_FILE} of {name!r}",
                              f"the table was rebuilt from {len(record_dirs)} run records, as expected for runs of "
                              "`study train`; `study run <study>` writes results.parquet"))
@@ -168,13 +161,15 @@ def load_study(runs_dir: Path, name: str) -> Study | Missing:
         run_dir = resolve_run_dir(row.run_dir, folder, row.signature)
         if run_dir is None:
             notes.append(Missing(f"run record of trial {row.trial!r} in study {name!r}",
-                                 f"no {RECORD_FILE} at {row.run_dir} nor under {folder}; copy the run folder "
+                                 f"no {RUN_RECORD_FILE} at {row.run_dir} nor under {folder}; copy the run folder "
                                  "beside results.parquet or rerun the trial"))
             continue
-        record = read_json(run_dir / RECORD_FILE)
+        record = read_json(run_dir / RUN_RECORD_FILE)
         record["_run_dir"] = str(run_dir)
         records[str(row.signature)] = record
-    return Study(name=name, path=folder, trials=trials, records=records, source=source, notes=notes)
+    metric, mode = study_selection(folder)
+    return Study(name=name, path=folder, trials=trials, records=records, source=source, notes=notes,
+                 metric=metric, mode=mode)
 
 
 def normalise_trials(trials: pd.DataFrame, study: str) -> pd.DataFrame:
@@ -205,7 +200,7 @@ def resolve_run_dir(run_dir, study_dir: Path, signature: str) -> Path | None:
         if not recorded.is_absolute():
             candidates.append(study_dir.parent / recorded)
     candidates.append(study_dir / str(signature))
-    return next((path for path in candidates if (path / RECORD_FILE).is_file()), None)
+    return next((path for path in candidates if (path / RUN_RECORD_FILE).is_file()), None)
 
 
 def read_json(path: Path) -> dict:
@@ -217,23 +212,11 @@ def read_json(path: Path) -> dict:
     return content if isinstance(content, dict) else {"_unreadable": f"{path}: not a JSON object"}
 
 
-def flatten(config: dict, prefix: str = "") -> dict:
-    """{'model': {'dropout': 0.1}} -> {'model.dropout': 0.1}; lists are kept as values."""
-    flat = {}
-    for key, value in config.items():
-        name = f"{prefix}{key}"
-        if isinstance(value, dict):
-            flat.update(flatten(value, f"{name}."))
-        else:
-            flat[name] = value
-    return flat
-
-
 def trials_from_records(study: str, records: list[tuple[Path, dict]]) -> pd.DataFrame:
     """The results.parquet rows rebuilt from run records; config keys that differ become columns."""
     flats = [flatten(record.get("config", {})) for _, record in records]
     keys = sorted({key for flat in flats for key in flat})
-    varied = [key for key in keys if not key.startswith(BOOKKEEPING_KEYS)
+    varied = [key for key in keys if not listed(key, BOOKKEEPING_KEYS)
               and len({json.dumps(flat.get(key), sort_keys=True, default=str) for flat in flats}) > 1]
     rows = []
     for (run_dir, record), flat in zip(records, flats):

@@ -14,11 +14,11 @@ from pathlib import Path
 import numpy as np
 import optuna
 import pandas as pd
-from omegaconf import OmegaConf
-from omegaconf.errors import OmegaConfBaseException
 
 from analysis.audio_quality import quality_score
 from analysis.results import default_runs_dir
+from study import validation
+from study.command_args import parse_key_values
 
 log = logging.getLogger(__name__)
 RESULTS_NAME = "results.csv"
@@ -44,20 +44,28 @@ class SearchSettings:
     out: str | None = None                  # default: sampling-search in the study folder or the checkpoint's run folder
     runs: str = field(default_factory=lambda: str(default_runs_dir()))  # where study:NAME is looked up
 
-    def validate(self) -> "SearchSettings":
-        if self.sampler not in ("tpe", "grid"):
-            raise ValueError(f"sampler={self.sampler!r} is unknown: use tpe or grid")
-        if not 0 <= self.temperature_min <= self.temperature_max:
-            raise ValueError("need 0 <= temperature_min <= temperature_max")
-        if not 0 < self.top_p_min <= self.top_p_max <= 1:
-            raise ValueError("need 0 < top_p_min <= top_p_max <= 1")
-        for name in ("n_prompts", "trials"):
-            if getattr(self, name) <= 0:
-                raise ValueError(f"{name}={getattr(self, name)} must be positive")
-        for name in ("prompt_seconds", "seconds"):
-            if getattr(self, name) <= 0:
-                raise ValueError(f"{name}={getattr(self, name)} must be positive")
-        return self
+    def __post_init__(self) -> None:
+        validation.text("checkpoint", self.checkpoint, "study:replicate")
+        validation.text("prompts", self.prompts, "split:test")
+        validation.integer("n_prompts", self.n_prompts, 4, minimum=1)
+        validation.number("prompt_seconds", self.prompt_seconds, 1.0, above=0)
+        validation.number("seconds", self.seconds, 1.0, above=0)
+        validation.integer("trials", self.trials, 12, minimum=1)
+        validation.choice("sampler", self.sampler, ("tpe", "grid"))
+        validation.number("temperature_min", self.temperature_min, 0.5, minimum=0)
+        validation.number("temperature_max", self.temperature_max, 1.3, minimum=self.temperature_min)
+        validation.number("top_p_min", self.top_p_min, 0.8, above=0, maximum=1)
+        validation.number("top_p_max", self.top_p_max, 1.0, minimum=self.top_p_min, maximum=1)
+        validation.numbers("grid_temperatures", self.grid_temperatures, "[0.8,1.0]", minimum=0)
+        validation.numbers("grid_top_ps", self.grid_top_ps, "[0.9,1.0]", minimum=0)
+        if not self.grid_temperatures or not self.grid_top_ps or not all(0 < p <= 1 for p in self.grid_top_ps):
+            raise validation.refuse("grid_top_ps" if self.grid_temperatures else "grid_temperatures",
+                                    self.grid_top_ps if self.grid_temperatures else self.grid_temperatures,
+                                    "a non-empty list (top-p values in (0, 1])", "[0.9,1.0]")
+        validation.integer("tpe_startup_trials", self.tpe_startup_trials, 5, minimum=0)
+        validation.integer("seed", self.seed, 0, minimum=0)
+        validation.text("out", self.out, "runs/replicate/sampling-search", optional=True)
+        validation.text("runs", self.runs, "runs")
 
 
 def make_sampler(settings: SearchSettings) -> optuna.samplers.BaseSampler:
@@ -172,9 +180,7 @@ def held_out_prompts(generator, settings: SearchSettings):
 
 
 def parse_settings(argv: list[str]) -> SearchSettings:
-    schema = OmegaConf.structured(SearchSettings)
-    merged = OmegaConf.merge(schema, OmegaConf.from_dotlist(list(argv)))
-    return SearchSettings(**OmegaConf.to_container(merged, resolve=True)).validate()
+    return parse_key_values(SearchSettings, argv, "search-sampling", "checkpoint=study:replicate trials=12")
 
 
 def default_output(value: str, checkpoint: Path, runs: Path) -> Path:
@@ -218,7 +224,7 @@ def main(argv: list[str]) -> int:
     try:
         settings = parse_settings(argv)
         table, out = search(settings)
-    except (ValueError, CheckpointError, DataError, GenerationError, OmegaConfBaseException) as error:
+    except (ValueError, CheckpointError, DataError, GenerationError) as error:
         print(f"study search-sampling: {error}", file=sys.stderr)
         return 2
     best = table.sort_values("score").iloc[0]

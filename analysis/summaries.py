@@ -8,7 +8,8 @@ from datetime import datetime, timezone
 
 import pandas as pd
 
-from analysis.results import BOOKKEEPING_KEYS, STATUSES, Results, Study, flatten
+from analysis.results import Results, Study
+from study.records import BOOKKEEPING_KEYS, STATUSES, flatten
 
 NOT_RECORDED = "not recorded"
 

@@ -58,6 +58,11 @@ def _demo(argv):
     return main(argv)
 
 
+def _migrate_runs(argv):
+    from study.migrate import main
+    return main(argv)
+
+
 def _bench(argv):
     from study.bench.command import main
     return main(argv)
@@ -75,6 +80,7 @@ COMMANDS: dict[str, tuple[Callable[[list[str]], int], str]] = {
     "report": (_report, "build the executed report notebook and its HTML"),
     "demo": (_demo, "the whole study at smoke scale on embedded data, ending with a report"),
     "bench": (_bench, "benchmarks: study bench model|data|train|generate|kernel"),
+    "migrate-runs": (_migrate_runs, "rename run folders named by an earlier signature: study migrate-runs runs=runs"),
 }
 
 

@@ -27,15 +27,17 @@ from omegaconf import OmegaConf
 from study.config import CONFIG_DIR, compose_config
 from study.errors import ConfigError, StudyDefinitionError, StudyError
 from study.files import check_writable, checked_name, folder_mode
+from study.migrate import adopt_moved_run
 from study.progress import ProgressMonitor, ProgressWriter, Watched
+from study.records import (BEST_CHECKPOINT, CHECKPOINT_FOLDER, DEFAULT_METRIC, DEFAULT_MODE, FINAL_METRICS,
+                           MODES, RESULTS_FILE, STUDY_FILE, best_row, study_selection)
 from study.training.experiment import Experiment, load_experiment
 from study.training.record import read_record, write_json_atomic
 
 log = logging.getLogger(__name__)
 STUDY_DIR = CONFIG_DIR / "study"
 STUDY_KEYS = {"description", "base", "variations", "seeds", "metric", "mode", "keep_window_seconds"}
-METRICS = [f"final/{split}/{name}" for split in ("val", "test")
-           for name in ("loss", "bpb", "accuracy", "accuracy@3", "accuracy@5", "accuracy@10")]
+METRICS = list(FINAL_METRICS)
 
 
 
@@ -48,8 +50,8 @@ class Study:
     base: list[str]
     variations: list[list[str]]
     seeds: list[int]
-    metric: str = "final/val/bpb"
-    mode: str = "min"
+    metric: str = DEFAULT_METRIC    # how the study picks its best trial (transfer, analysis, sampling search)
+    mode: str = DEFAULT_MODE        # min | max
     keep_window_seconds: bool = False
 
 
@@ -102,10 +104,16 @@ def load_study(name: str) -> Study:
     seeds = content.get("seeds", [0])
     if not isinstance(seeds, list) or not seeds or not all(isinstance(seed, int) for seed in seeds):
         raise StudyDefinitionError(f"{path}: 'seeds' must be a non-empty list of integers, e.g. [0, 1, 2]")
+    metric, mode = str(content.get("metric", DEFAULT_METRIC)), str(content.get("mode", DEFAULT_MODE))
+    if metric not in METRICS:
+        raise StudyDefinitionError(f"{path}: metric {metric!r} is not a result column; use one of {METRICS}, "
+                                   f"e.g. metric: {DEFAULT_METRIC}")
+    if mode not in MODES:
+        raise StudyDefinitionError(f"{path}: mode {mode!r} is not min or max; e.g. mode: {DEFAULT_MODE}")
     return Study(name=name, path=path, description=str(content.get("description", "")),
                  base=[str(o) for o in content["base"]], variations=[[str(o) for o in v] for v in variations],
-                 seeds=[int(s) for s in content.get("seeds", [0])], metric=str(content.get("metric", "final/val/bpb")),
-                 mode=str(content.get("mode", "min")), keep_window_seconds=bool(content.get("keep_window_seconds")))
+                 seeds=[int(s) for s in content.get("seeds", [0])], metric=metric, mode=mode,
+                 keep_window_seconds=bool(content.get("keep_window_seconds")))
 
 
 def split_overrides(overrides: list[str]) -> tuple[list[str], list[str]]:
@@ -139,20 +147,24 @@ def window_for_rate(overrides: list[str], variation: list[str]) -> list[str]:
 
 
 def best_checkpoint(runs_root: Path, study: str) -> Path:
-    """best.pt of the finished trial of `study` with the lowest final/val/bpb."""
+    """best.pt of the finished trial of `study` that is best by the study's `metric:` and `mode:`
+    (as recorded in its study.json; final/val/bpb, min for a folder without one)."""
     try:
         checked_name(study, "study", "refer to a study by its name, e.g. study:replicate")
     except ConfigError as error:
         raise StudyDefinitionError(str(error)) from None
-    results = runs_root / study / "results.parquet"
+    results = runs_root / study / RESULTS_FILE
     if not results.is_file():
         raise StudyDefinitionError(f"study {study!r} has no results at {results}; run `study run {study}` first "
                          "(at the same scale, e.g. `make replicate SCALE=smoke`)")
     table = pd.read_parquet(results)
     finished = table[(table.status == "finished") & table.checkpoint.notna()]
-    if finished.empty:
-        raise StudyDefinitionError(f"study {study!r} has no finished trial with a checkpoint in {results}")
-    return Path(finished.sort_values("final/val/bpb").iloc[0].checkpoint)
+    metric, mode = study_selection(runs_root / study)
+    best = best_row(finished, metric, mode) if metric in finished else None
+    if best is None:
+        raise StudyDefinitionError(f"study {study!r} has no finished trial with a checkpoint and a value of "
+                                   f"{metric} in {results}")
+    return Path(best.checkpoint)
 
 
 def resolve_study_references(overrides: list[str], runs_root: Path) -> list[str]:
@@ -182,6 +194,7 @@ def plan_trials(study: Study, user_overrides: list[str]) -> list[Trial]:
                 experiment = load_experiment(overrides)
             except ConfigError as error:
                 raise StudyDefinitionError(f"{study.path}: variation {variation} does not compose: {error}") from error
+            adopt_moved_run(experiment.run_dir)  # a folder named by an earlier signature scheme
             trials.append(Trial(label=label, variation=variation + extra, seed=seed, overrides=overrides,
                                 experiment=experiment))
     return trials
@@ -194,7 +207,7 @@ def study_definition_hash(study: Study, user_overrides: list[str]) -> str:
 
 def claim_study_folder(folder: Path, study: Study, user_overrides: list[str]) -> None:
     """Write (or check) folder/study.json so two definitions of a study never share a folder."""
-    marker = folder / "study.json"
+    marker = folder / STUDY_FILE
     digest = study_definition_hash(study, user_overrides)
     if marker.is_file():
         existing = json.loads(marker.read_text())
@@ -205,7 +218,8 @@ def claim_study_folder(folder: Path, study: Study, user_overrides: list[str]) ->
                 f"or move {folder} away to start over")
         return
     write_json_atomic(marker, {"study": study.name, "definition_hash": digest, "overrides": user_overrides,
-                               "file": str(study.path), "created": time.time()})
+                               "file": str(study.path), "metric": study.metric, "mode": study.mode,
+                               "created": time.time()})
 
 
 # -- Ray --------------------------------------------------------------------------------------------
@@ -295,8 +309,8 @@ def result_row(study: Study, trial: Trial, error: str | None = None) -> dict:
     row = {"study": study.name, "trial": trial.label, "signature": trial.experiment.signature, "seed": trial.seed,
            "status": status, "error": error or record.get("error"), "wall_seconds": record.get("wall_seconds"),
            "parameters": record.get("parameters"), "run_dir": str(run_dir),
-           "checkpoint": (str(run_dir / "checkpoints" / "best.pt")
-                          if (run_dir / "checkpoints" / "best.pt").exists() else None),
+           "checkpoint": (str(run_dir / CHECKPOINT_FOLDER / BEST_CHECKPOINT)
+                          if (run_dir / CHECKPOINT_FOLDER / BEST_CHECKPOINT).exists() else None),
            "experiment": str(config.name), "data": str(trial.experiment.data.name),
            "scale": str(config.get("scale_name", "full"))}
     for override in trial.variation:
@@ -313,9 +327,9 @@ def result_row(study: Study, trial: Trial, error: str | None = None) -> dict:
 
 def write_results(folder: Path, study: Study, trials: list[Trial], errors: dict[str, str]) -> pd.DataFrame:
     table = pd.DataFrame([result_row(study, trial, errors.get(trial.label)) for trial in trials])
-    temporary = folder / ".results.parquet.tmp"
+    temporary = folder / f".{RESULTS_FILE}.tmp"
     table.to_parquet(temporary, index=False)
-    os.replace(temporary, folder / "results.parquet")
+    os.replace(temporary, folder / RESULTS_FILE)
     return table
 
 
@@ -393,11 +407,16 @@ def launch(study: Study, trials: list[Trial], ray_settings, folder: Path, monito
 
 
 def print_summary(study: Study, table: pd.DataFrame, folder: Path) -> None:
-    columns = ["trial", "status", "final/val/bpb", "final/test/bpb", "final/test/accuracy", "wall_seconds"]
+    columns = ["trial", "status", *dict.fromkeys([study.metric, "final/val/bpb", "final/test/bpb", "final/test/accuracy"]),
+               "wall_seconds"]
     shown = table[[c for c in columns if c in table]]
     with pd.option_context("display.width", 160, "display.max_columns", 20, "display.float_format", "{:.4f}".format):
         print(shown.to_string(index=False))
-    print(f"results: {folder / 'results.parquet'}\nrun folders: {folder}/<signature>/ (run.json, checkpoints/)")
+    if "status" in table and study.metric in table:
+        best = best_row(table[table.status == "finished"], study.metric, study.mode)
+        if best is not None:
+            print(f"best by {study.metric} ({study.mode}): {best.trial} ({best[study.metric]:.4f})")
+    print(f"results: {folder / RESULTS_FILE}\nrun folders: {folder}/<signature>/ (run.json, checkpoints/)")
 
 
 def main(argv: list[str]) -> int:

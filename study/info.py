@@ -2,8 +2,8 @@
 
 import sys
 
-from study.config import ConfigError, compose_config
-from study.sashimi import SaShiMi, model_config_from, parameter_count
+from study.config import ConfigError, compose_config, settings_from
+from study.sashimi import SaShiMi, parameter_count
 
 
 def architecture_summary(model: SaShiMi) -> str:
@@ -34,8 +34,8 @@ def architecture_summary(model: SaShiMi) -> str:
 def main(argv: list[str]) -> int:
     try:
         config = compose_config(argv)
-        model_config = model_config_from(config)
-    except (ConfigError, ValueError) as error:
+        model_config = settings_from(config).model
+    except ConfigError as error:
         print(f"study info: {error}", file=sys.stderr)
         return 2
     print(architecture_summary(SaShiMi(model_config)))

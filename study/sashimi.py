@@ -4,18 +4,26 @@ Reads top to bottom: config, norms, residual blocks, pooling, backbone, token mo
 `forward` (parallel) and `step` (one sample) live together and must give the same logits.
 """
 
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, field
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 import torch.utils.checkpoint
 
+from study import validation
+from study.errors import ConfigError
 from study.s4.layer import ChannelLinear, S4Block, S4LayerSettings, mark_optim
 
 
 @dataclass
 class ModelConfig:
+    """The `model` config group's schema and defaults (experiments/model/*.yaml override them).
+
+    n_classes and l_max are not set by users: the root config derives them from data.bits and
+    data.sample_len. Every value is checked in `__post_init__`.
+    """
+
     name: str = "sashimi-8"
     n_layers: int = 8             # S4 + FF block pairs per stage (centre and each up stage)
     d_model: int = 64
@@ -25,18 +33,54 @@ class ModelConfig:
     dropout: float = 0.0
     norm: str = "transposed_ln"   # transposed_ln (official: scalar mean/scale) | layer_norm
     n_classes: int = 256          # 2 ** data.bits
-    l_max: int = 131072           # training window; layer reference lengths are l_max / pooling
+    l_max: int = 131072           # training window (data.sample_len); layer reference lengths are l_max / pooling
     ssm_mode: str = "nplr"        # nplr (S4, DPLR) | diag (S4D)
     ssm_init: str = "legs"        # legs | diag-lin | diag-inv (diag mode)
     d_state: int = 64
     rank: int = 1
     dt_min: float = 0.001
     dt_max: float = 0.1
-    dt_transform: str = "softplus"
+    dt_transform: str = "softplus"  # softplus | exp
     ssm_lr: float = 0.001         # learning rate of dt, A, B, P (no weight decay)
     final_act: str = "glu"        # glu | id (id: the paper-era parameter counts)
     kernel_backend: str = "auto"  # auto | torch | numba | triton
     checkpoint_blocks: bool = False  # recompute each residual block in backward: less memory, ~1/3 more time
+
+    def __post_init__(self) -> None:
+        validation.text("model.name", self.name, "sashimi-8")
+        validation.integer("model.n_layers", self.n_layers, 8, minimum=1)
+        validation.integer("model.d_model", self.d_model, 64, minimum=1)
+        validation.integers("model.pool", self.pool, "[4,4]", minimum=1)
+        self.pool = list(self.pool)
+        validation.integer("model.expand", self.expand, 2, minimum=1)
+        validation.integer("model.ff", self.ff, 2, minimum=1)
+        validation.number("model.dropout", self.dropout, 0.1, minimum=0, below=1)
+        validation.choice("model.norm", self.norm, ("transposed_ln", "layer_norm"))
+        validation.integer("data.bits (model.n_classes = 2 ** data.bits)", self.n_classes, 256, minimum=2)
+        validation.integer("data.sample_len (model.l_max)", self.l_max, 131072, minimum=1)
+        if self.l_max % self.total_pool:
+            raise ConfigError(
+                f"data.sample_len={self.l_max} is not divisible by the total pooling factor {self.total_pool} "
+                f"(model.pool={list(self.pool)}); use a multiple of {self.total_pool}, e.g. "
+                f"data.sample_len={(self.l_max // self.total_pool + 1) * self.total_pool}")
+        validation.choice("model.ssm_mode", self.ssm_mode, ("nplr", "diag"))
+        validation.choice("model.ssm_init", self.ssm_init, ("legs", "diag-lin", "diag-inv"))
+        if self.ssm_mode == "nplr" and self.ssm_init != "legs":
+            raise ConfigError(f"model.ssm_init={self.ssm_init!r} with model.ssm_mode=nplr: the DPLR kernel "
+                              "supports init=legs; use model.ssm_mode=diag for diag-lin / diag-inv")
+        validation.integer("model.d_state", self.d_state, 64, minimum=2)
+        if self.d_state % 2:
+            raise ConfigError(f"model.d_state={self.d_state} must be even (conjugate pairs); e.g. model.d_state=64")
+        validation.integer("model.rank", self.rank, 1, minimum=1)
+        if self.ssm_mode == "nplr" and self.rank != 1:
+            raise ConfigError(f"model.rank={self.rank}: HiPPO-LegS has a rank-1 correction; set model.rank=1")
+        validation.number("model.dt_min", self.dt_min, 0.001, above=0)
+        validation.number("model.dt_max", self.dt_max, 0.1, minimum=self.dt_min)
+        validation.choice("model.dt_transform", self.dt_transform, ("softplus", "exp"))
+        validation.number("model.ssm_lr", self.ssm_lr, 0.001, minimum=0)
+        validation.choice("model.final_act", self.final_act, ("glu", "id"))
+        validation.choice("model.kernel_backend", self.kernel_backend, ("auto", "torch", "numba", "triton"))
+        validation.flag("model.checkpoint_blocks", self.checkpoint_blocks)
 
     @property
     def total_pool(self) -> int:
@@ -45,48 +89,11 @@ class ModelConfig:
             total *= stride
         return total
 
-    def validate(self) -> None:
-        if self.l_max % self.total_pool:
-            raise ValueError(
-                f"data.sample_len={self.l_max} is not divisible by the total pooling factor {self.total_pool} "
-                f"(model.pool={list(self.pool)}); use a multiple of {self.total_pool}, e.g. "
-                f"{(self.l_max // self.total_pool + 1) * self.total_pool}")
-        if self.d_state % 2:
-            raise ValueError(f"model.d_state={self.d_state} must be even (conjugate pairs)")
-        if not 0 <= self.dropout < 1:
-            raise ValueError(f"model.dropout={self.dropout} must be in [0, 1)")
-        if self.norm not in ("transposed_ln", "layer_norm"):
-            raise ValueError(f"model.norm={self.norm!r} is unknown: use transposed_ln or layer_norm")
-
     def layer_settings(self) -> S4LayerSettings:
         return S4LayerSettings(mode=self.ssm_mode, init=self.ssm_init, d_state=self.d_state, rank=self.rank,
                                dt_min=self.dt_min, dt_max=self.dt_max, dt_transform=self.dt_transform,
                                lr=self.ssm_lr, final_act=self.final_act, dropout=self.dropout,
                                kernel_backend=self.kernel_backend)
-
-
-PRESETS = {
-    "sashimi-8": ModelConfig(name="sashimi-8", n_layers=8),
-    "sashimi-2": ModelConfig(name="sashimi-2", n_layers=2),
-}
-
-
-def model_config_from(config) -> ModelConfig:
-    """ModelConfig from a composed config (model group + data.bits, data.sample_len) or a mapping."""
-    known = {f.name for f in fields(ModelConfig)}
-    if "model" in config:
-        values = {k: v for k, v in dict(config["model"]).items() if k in known}
-        unknown = set(dict(config["model"])) - known
-        if unknown:
-            raise ValueError(f"unknown model keys {sorted(unknown)}; known keys: {sorted(known)}")
-        values["n_classes"] = 2 ** int(config["data"]["bits"])
-        values["l_max"] = int(config["data"]["sample_len"])
-    else:
-        values = {k: v for k, v in dict(config).items() if k in known}
-    values["pool"] = [int(p) for p in values.get("pool", [4, 4])]
-    model_config = ModelConfig(**values)
-    model_config.validate()
-    return model_config
 
 
 # -- norms ------------------------------------------------------------------------------------------
@@ -323,7 +330,6 @@ class SaShiMi(nn.Module):
 
     def __init__(self, config: ModelConfig):
         super().__init__()
-        config.validate()
         self.config = config
         self.encoder = nn.Embedding(config.n_classes, config.d_model)
         self.backbone = SaShiMiBackbone(config)
@@ -347,12 +353,20 @@ class SaShiMi(nn.Module):
         return self.decoder(x), state
 
 
+def __getattr__(name: str):
+    """`PRESETS`: {name: ModelConfig} of experiments/model/*.yaml, read when asked (the files hold them)."""
+    if name == "PRESETS":
+        from study.config import config_groups, model_preset
+        return {preset: model_preset(preset) for preset in config_groups()["model"]}
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
 def build_model(preset_or_config: str | ModelConfig, **overrides) -> SaShiMi:
-    """A SaShiMi model from a preset name ('sashimi-8', 'sashimi-2') or a ModelConfig, with overrides."""
+    """A SaShiMi model from a preset (a name in experiments/model/, e.g. 'sashimi-2') or a ModelConfig,
+    with overrides."""
     if isinstance(preset_or_config, str):
-        if preset_or_config not in PRESETS:
-            raise ValueError(f"unknown model preset {preset_or_config!r}: use one of {sorted(PRESETS)}")
-        base = PRESETS[preset_or_config]
+        from study.config import model_preset
+        base = model_preset(preset_or_config)
     else:
         base = preset_or_config
     values = asdict(base)

@@ -23,7 +23,7 @@ def test_unknown_command_and_unknown_key_are_clear_errors(capsys):
     assert main(["bogus"]) == 2
     assert "unknown command 'bogus'" in capsys.readouterr().err
     assert main(["info", "model.bogus=1"]) == 2
-    assert "Key 'bogus' is not in struct" in capsys.readouterr().err
+    assert "Key 'bogus' not in 'ModelConfig'" in capsys.readouterr().err
 
 
 def test_help_lists_every_command(capsys):

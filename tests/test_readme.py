@@ -42,6 +42,8 @@ COVERED_BY = {
         "tests/training/test_import_evaluate.py::test_import_then_evaluate_gives_the_workshop_table",
     "study evaluate checkpoint=runs/imported/sashimi_youtubemix-SHA/checkpoints/best.pt data=youtubemix "
     "data.quantizer=torchaudio": "tests/training/test_import_evaluate.py::test_import_then_evaluate_gives_the_workshop_table",
+    "study migrate-runs runs=runs":
+        "tests/test_signature.py::test_migrate_runs_renames_folders_and_updates_records_and_results",
 }
 
 

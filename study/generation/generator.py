@@ -40,7 +40,8 @@ from omegaconf import OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 from tqdm import tqdm
 
-from study.errors import GenerationError
+from study import validation
+from study.errors import ConfigError, GenerationError
 from study.files import make_temporary_folder
 from study.training.checkpoint import CheckpointError, load_model
 from study.data import DataError
@@ -83,6 +84,12 @@ class GenerateConfig:
     data_cache: Optional[str] = None           # split prompts: prepared-data folder (default: checkpoint's)
     spectrograms: bool = True
     progress: bool = True
+
+    def __post_init__(self) -> None:
+        """The prompt keys, checked even without a prompt; the others are checked where they are used."""
+        validation.number("prompt_seconds", self.prompt_seconds, 4, above=0, optional=True)
+        validation.number("prompt_start_seconds", self.prompt_start_seconds, 0.0, minimum=0)
+        validation.integer("prompt_windows", self.prompt_windows, 1, minimum=1)
 
 
 def parse_config(argv: list[str]) -> GenerateConfig:
@@ -685,7 +692,7 @@ def main(argv: list[str]) -> int:
         return 0
     try:
         run(parse_config(argv))
-    except (GenerationError, CheckpointError, DataError) as error:
+    except (GenerationError, CheckpointError, DataError, ConfigError) as error:
         print(f"study generate: {error}", file=sys.stderr)
         return 2
     return 0

@@ -17,7 +17,8 @@ from study.command_args import parse_key_values
 from study.config import CONFIG_DIR, compose_config
 from study.errors import ConfigError, StudyError
 from study.training.metrics import prefixed
-from study.training.record import RECORD_NAME, device_description, read_record, update_record, write_json_atomic
+from study.records import RUN_RECORD_FILE
+from study.training.record import device_description, read_record, update_record, write_json_atomic
 
 EXAMPLE = "study evaluate checkpoint=runs/imported/sashimi_youtubemix-<sha>/checkpoints/best.pt data=youtubemix"
 # The checkpoint's data knobs carried over when no data=NAME is given (evaluate on its own data).
@@ -110,7 +111,7 @@ def evaluate_checkpoint(settings: EvaluateSettings, overrides: list[str], comman
     out = (Path(settings.out).expanduser() if settings.out else
            run_dir / "evaluations" / f"{data.name}-{prepared.fingerprint[:12]}-{data.quantizer}.json")
     write_json_atomic(out, result)
-    if (run_dir / RECORD_NAME).is_file():
+    if (run_dir / RUN_RECORD_FILE).is_file():
         evaluations = dict(read_record(run_dir).get("evaluations", {}))
         evaluations[out.stem] = {"file": str(out), "metrics": metrics, "quantizer": result["quantizer"],
                                  "data_fingerprint": prepared.fingerprint}

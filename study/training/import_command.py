@@ -20,7 +20,8 @@ from study.errors import CheckpointError, StudyError
 from study.sashimi import parameter_count
 from study.training.checkpoint import save_checkpoint
 from study.training.official import build_imported, map_official, read_official_state
-from study.training.record import RECORD_NAME, git_state, package_versions, read_record, update_record
+from study.records import RUN_RECORD_FILE
+from study.training.record import git_state, package_versions, read_record, update_record
 
 EXAMPLE = "study import checkpoint=checkpoints/sashimi_youtubemix.pt"
 
@@ -90,6 +91,6 @@ def main(argv: list[str]) -> int:
           f"{model['ssm_mode']}, dt {model['dt_transform']}, reference length {model['l_max']}")
     for note in record["imported_from"]["notes"]:
         print(f"  note          {note}")
-    print(f"run folder: {run_dir}\n  checkpoint: {record['best_checkpoint']}\n  record: {run_dir / RECORD_NAME}")
+    print(f"run folder: {run_dir}\n  checkpoint: {record['best_checkpoint']}\n  record: {run_dir / RUN_RECORD_FILE}")
     print(f"next: study evaluate checkpoint={record['best_checkpoint']} data={record['data_config']['name']}")
     return 0

@@ -28,6 +28,8 @@ from study.config import ConfigError
 from study.errors import StudyError
 from study.files import check_writable, checked_name, disk_problem, remove_stale_temporaries
 from study.training.lock import RunLock
+from study.migrate import adopt_moved_run
+from study.signature import config_delta
 from study.training.experiment import Experiment, TrainSettings, load_experiment
 from study.training.metrics import MetricSums, prefixed
 from study.training.record import device_description, git_state, package_versions, read_record, update_record
@@ -424,6 +426,7 @@ class Run:
 
         Holds the run folder's lock throughout; any error marks the record `failed` with its message,
         SIGINT/SIGTERM mark it `interrupted` after a final checkpoint."""
+        adopt_moved_run(self.run_dir)  # a folder named by an earlier signature scheme becomes this one
         if read_record(self.run_dir).get("status") == "finished":
             print(f"already finished: {self.run_dir} (signature {self.experiment.signature}); nothing to do")
             return read_record(self.run_dir)
@@ -470,6 +473,7 @@ class Run:
         config = self.experiment.config
         update_record(
             self.run_dir, status="running", error=None, name=str(config.name), signature=self.experiment.signature,
+            signature_delta=config_delta(config),
             config=OmegaConf.to_container(config, resolve=True),
             data_config=OmegaConf.to_container(self.experiment.data, resolve=True),
             data_fingerprint=self.prepared.fingerprint, data_cache=str(self.prepared.path),

@@ -13,8 +13,8 @@ from pathlib import Path
 import torch
 
 from study.files import write_atomic
+from study.records import RUN_RECORD_FILE
 
-RECORD_NAME = "run.json"
 PACKAGES = ("torch", "torchaudio", "triton", "numba", "numpy", "hydra-core", "omegaconf", "datasets",
             "soundfile", "soxr", "ray", "wandb", "optuna", "pandas", "sashimi-study")
 
@@ -56,7 +56,7 @@ def write_json_atomic(path: Path, content: dict) -> None:
 
 
 def read_record(run_dir: Path) -> dict:
-    path = Path(run_dir) / RECORD_NAME
+    path = Path(run_dir) / RUN_RECORD_FILE
     return json.loads(path.read_text()) if path.is_file() else {}
 
 
@@ -64,5 +64,5 @@ def update_record(run_dir: Path, **fields) -> dict:
     """Merge `fields` into run_dir/run.json (created if missing) and rewrite it atomically."""
     record = read_record(run_dir)
     record.update(fields)
-    write_json_atomic(Path(run_dir) / RECORD_NAME, record)
+    write_json_atomic(Path(run_dir) / RUN_RECORD_FILE, record)
     return record

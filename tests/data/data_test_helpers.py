@@ -6,13 +6,17 @@ import numpy as np
 import soundfile
 from omegaconf import OmegaConf
 
+from study.data.settings import DataSettings
+
 CONFIG_DIR = Path(__file__).resolve().parents[2] / "experiments" / "data"
 SMALL = {"sample_len": 4096, "split": [0.6, 0.2, 0.2]}
 
 
 def data_config(name: str, **overrides):
-    """experiments/data/<name>.yaml as a DictConfig with `overrides` applied."""
-    config = OmegaConf.load(CONFIG_DIR / f"{name}.yaml")
+    """experiments/data/<name>.yaml over the DataSettings defaults, as composed for a run, as a plain
+    (unchecked) DictConfig with `overrides` applied: the code under test does the checking."""
+    composed = OmegaConf.merge(OmegaConf.structured(DataSettings), OmegaConf.load(CONFIG_DIR / f"{name}.yaml"))
+    config = OmegaConf.create(OmegaConf.to_container(composed))
     for key, value in overrides.items():
         config[key] = value
     return config

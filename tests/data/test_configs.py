@@ -1,32 +1,33 @@
-"""The data config group: identical keys in every file, official defaults, and composition via Hydra."""
+"""The data config group: override files onto one schema (DataSettings), official defaults, and
+composition via Hydra."""
 
+from dataclasses import fields
 from pathlib import Path
 
 import pytest
 from omegaconf import OmegaConf
 
-from study.config import compose_config
-from study.data import DataError
+from study.config import compose_config, data_preset
+from study.errors import ConfigError
 from study.data.settings import DataSettings
 
 DATA_DIR = Path(__file__).resolve().parents[2] / "experiments" / "data"
 NAMES = ("youtubemix", "bigband", "folder", "toy-piano", "toy-trio")
-OFFICIAL = {"sample_rate": 16000, "clip_seconds": 60, "split": [0.88, 0.06, 0.06], "sample_len": 131072,
-            "bits": 8, "quantization": "mu-law", "normalization": "minmax",
-            "quantizer": "official"}
+OFFICIAL = {"sample_rate": 16000, "clip_seconds": 60, "split": (0.88, 0.06, 0.06), "sample_len": 131072,
+            "bits": 8, "quantization": "mu-law", "normalization": "minmax", "quantizer": "official"}
 
 
-def test_every_data_config_has_the_same_keys_and_official_preprocessing():
+def test_every_data_config_overrides_the_schema_and_keeps_official_preprocessing():
     assert sorted(p.stem for p in DATA_DIR.glob("*.yaml")) == sorted(NAMES)
-    configs = {name: OmegaConf.to_container(OmegaConf.load(DATA_DIR / f"{name}.yaml")) for name in NAMES}
-    keys = {name: list(config) for name, config in configs.items()}
-    assert all(k == keys["youtubemix"] for k in keys.values()), keys
-    # stand_in / use_stand_in are read by study.experiment.data_config_in_use (smoke scale)
-    assert set(keys["youtubemix"]) == set(DataSettings.__dataclass_fields__) | {"stand_in", "use_stand_in"}
-    for name, config in configs.items():
-        assert config["name"] == name
-        assert {key: config[key] for key in OFFICIAL} == OFFICIAL, name
-        assert config["toy_clips"] >= 24 and config["toy_clip_seconds"] == 60
+    known = {f.name for f in fields(DataSettings)}
+    for name in NAMES:
+        written = OmegaConf.to_container(OmegaConf.load(DATA_DIR / f"{name}.yaml"))
+        assert {"name", "source"} <= set(written) <= known, name  # overrides only, of schema keys
+        assert not set(written) & set(OFFICIAL), f"{name} repeats a default of DataSettings"
+        settings = data_preset(name)
+        assert settings.name == name
+        assert {key: getattr(settings, key) for key in OFFICIAL} == OFFICIAL, name
+        assert settings.toy_clips >= 24 and settings.toy_clip_seconds == 60
 
 
 def test_hub_configs_point_at_the_published_archives():
@@ -51,5 +52,5 @@ def test_quantizer_is_checked_and_part_of_the_run_signature():
     assert official.data.quantizer == "official"
     other = load_experiment(["data=toy-piano", "data.quantizer=torchaudio"])
     assert other.signature != official.signature
-    with pytest.raises(DataError, match="data.quantizer='nearest' is not one of .* set data.quantizer=official"):
+    with pytest.raises(ConfigError, match=r"data.quantizer='nearest' is not allowed \(one of official, torchaudio\); e.g. data.quantizer=official"):
         DataSettings.from_config(compose_config(["data=toy-piano", "data.quantizer=nearest"]).data)

@@ -13,6 +13,7 @@ import soundfile
 
 from data_test_helpers import SMALL, data_config, paths_config, sine, small_toy, write_wav
 from study.data import DataError
+from study.errors import ConfigError
 from study.data import prepare as prepare_module
 from study.data.prepare import compute_fingerprint, find_prepared, prepare
 from study.data.settings import PREPROCESSING_KNOBS, DataSettings
@@ -88,13 +89,15 @@ def test_fingerprint_is_stable_across_runs_and_pinned():
     base = compute_fingerprint(settings_for(), *FILES)
     assert base == compute_fingerprint(settings_for(), *FILES)
     payload = {"format_version": 2, "files": [["a.wav", "0" * 64], ["b.wav", "1" * 64]], "knobs": {
-        "bits": 8, "clip_seconds": 60, "normalization": "minmax", "quantization": "mu-law", "quantizer": "official", "sample_len": 4096,
-        "sample_rate": 16000, "seed": 0, "split": [0.6, 0.2, 0.2], "toy_clip_seconds": 2.0, "toy_clips": 5}}
+        "bits": 8, "clip_seconds": 60, "normalization": "minmax", "quantization": "mu-law", "quantizer": "official",
+        "sample_len": 4096, "sample_rate": 16000, "seed": 0, "split": [0.6, 0.2, 0.2], "toy_clip_seconds": 2,
+        "toy_clips": 5}}
     text = json.dumps(payload, sort_keys=True, separators=(",", ":"))
-    assert base == hashlib.sha256(text.encode()).hexdigest()
+    assert base == hashlib.sha256(text.encode()).hexdigest()  # whole seconds hash as integers, as YAML wrote them
     # pinned: a change here renames every existing cache; bump FORMAT_VERSION on purpose instead
     # (format 2 and the quantizer knob: per-file windows and official tokens)
-    assert base == "21d80d81325677449b26c75f5100a9ae733d1fc7a9485fc9894d85c67b73bb4b"
+    assert base == "db1a27ad556e4a446e7e66509ef7a0aa54f5d5f23149d7be1bda02d884f86c2d"
+    assert compute_fingerprint(settings_for(toy_clip_seconds=2), *FILES) == base
 
 
 @pytest.mark.parametrize("knob", sorted(KNOB_CHANGES))
@@ -205,13 +208,16 @@ def test_invalid_knobs_are_reported_with_the_fix(paths):
         "source": ("ftp", "data=youtubemix"), "clip_seconds": (0.1, "raise data.clip_seconds"),
     }
     for knob, (value, fix) in cases.items():
-        with pytest.raises(DataError, match=fix.replace("[", r"\[")):
+        with pytest.raises(ConfigError, match=fix.replace("[", r"\[")):
             prepare(small_toy(**{knob: value}), paths)
     with pytest.raises(DataError, match="data.path=/path/to/music"):
         prepare(data_config("folder"), paths)
     with pytest.raises(DataError, match="not an existing directory"):
         prepare(data_config("folder", path="/no/such/folder"), paths)
     broken = small_toy()
-    del broken["bits"]
-    with pytest.raises(DataError, match=r"lacks \['bits'\]"):
+    broken["bitz"] = 8
+    with pytest.raises(ConfigError, match=r"data.bitz: Key 'bitz' not in 'DataSettings'"):
         prepare(broken, paths)
+    for knob, value in (("sample_rate", float("nan")), ("clip_seconds", float("inf")), ("toy_clips", 0)):
+        with pytest.raises(ConfigError, match=rf"data\.{knob}\b"):
+            prepare(small_toy(**{knob: value}), paths)

@@ -158,8 +158,11 @@ def test_nan_loss_stops_the_run_and_keeps_the_last_good_checkpoint(tmp_path, dat
 
 @pytest.mark.parametrize("override,message", [
     ("train.bogus=1", "bogus"),
-    ("train.lr=abc", "train.lr='abc' has the wrong type"),
-    ("train.lr=-0.1", "train.lr=-0.1 must be positive"),
+    ("train.lr=abc", "Value 'abc' of type 'str' could not be converted to Float \\(key train.lr"),
+    ("train.lr=-0.1", "train.lr=-0.1 is not allowed \\(a finite number > 0\\)"),
+    ("train.lr=nan", "train.lr=nan is not allowed"),
+    ("train.checkpoint_every_steps=0", "train.checkpoint_every_steps=0 is not allowed \\(an integer >= 1\\)"),
+    ("model.n_layers=0", "model.n_layers=0 is not allowed"),
     ("data.sample_len=1000", "not divisible by the total pooling factor 16"),
     ("train.batch_size=100000", "fewer than train.batch_size=100000"),
     ("name=bigband-sashimi-8", "claims 8 layers but model.n_layers=1"),
