@@ -287,12 +287,11 @@ def infer_config(state: dict[str, torch.Tensor], source: str, dt_transform: str,
             raise CheckpointError(f"{source} has no l_kernel lengths (C was never turned into C~); "
                                   "pass sample_len=131072 (the training window) to import it")
         l_max = sample_len
-    config = ModelConfig(name="official", n_layers=n_layers, d_model=d_model, pool=pools, expand=expand or 1, ff=ff,
-                         norm=norm, n_classes=n_classes, l_max=l_max, ssm_mode=mode,
-                         ssm_init="legs" if mode == "nplr" else "diag-lin", d_state=2 * half_state, rank=rank,
-                         dt_transform=dt_transform, final_act="glu" if glu else "id")
-    try:
-        config.validate()
+    try:  # ModelConfig checks every value as it is built
+        config = ModelConfig(name="official", n_layers=n_layers, d_model=d_model, pool=pools, expand=expand or 1,
+                             ff=ff, norm=norm, n_classes=n_classes, l_max=l_max, ssm_mode=mode,
+                             ssm_init="legs" if mode == "nplr" else "diag-lin", d_state=2 * half_state, rank=rank,
+                             dt_transform=dt_transform, final_act="glu" if glu else "id")
     except ValueError as error:
         raise CheckpointError(f"{source}: the inferred architecture is invalid: {error}") from error
     return config, lengths
