@@ -15,7 +15,6 @@ from typing import Callable
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from omegaconf import OmegaConf
 from tqdm import tqdm
 
@@ -24,7 +23,8 @@ from study.config import ConfigError
 from study.training.experiment import Experiment, TrainSettings, load_experiment
 from study.training.metrics import MetricSums, prefixed
 from study.training.record import device_description, git_state, package_versions, read_record, update_record
-from study.sashimi import SaShiMi, parameter_count, parameter_groups
+from study.sashimi import SaShiMi, parameter_count
+from study.training.step import NonFiniteLoss, autocast_for, build_optimizer, train_step
 
 log = logging.getLogger(__name__)
 SPLITS_EVALUATED = ("val", "test")
@@ -78,11 +78,6 @@ def restore_rng_state(state: dict) -> None:
         torch.cuda.set_rng_state_all(state["cuda"])
 
 
-def build_optimizer(model: SaShiMi, settings: TrainSettings) -> torch.optim.Optimizer:
-    groups = parameter_groups(model, settings.lr, settings.weight_decay)
-    return torch.optim.AdamW(groups, lr=settings.lr, betas=tuple(settings.betas), weight_decay=settings.weight_decay)
-
-
 def build_scheduler(optimizer, settings: TrainSettings, steps_per_epoch: int):
     """plateau: ReduceLROnPlateau on val loss per epoch (official); cosine: linear warmup then
     cosine to min_lr per step; constant: none."""
@@ -105,14 +100,6 @@ def build_scheduler(optimizer, settings: TrainSettings, steps_per_epoch: int):
 
         return torch.optim.lr_scheduler.LambdaLR(optimizer, [factor_for(i) for i in range(len(base_lrs))])
     return None
-
-
-def autocast_for(device: torch.device, precision: str):
-    if precision == "bf16":
-        if device.type != "cuda":
-            raise ConfigError("train.precision=bf16 needs CUDA; use train.precision=fp32 on CPU")
-        return torch.autocast("cuda", dtype=torch.bfloat16)
-    return torch.autocast(device.type, enabled=False)
 
 
 @torch.no_grad()
@@ -241,23 +228,17 @@ class Run:
                      desc=f"epoch {epoch + 1}/{self.settings.max_epochs}", unit="step", dynamic_ncols=True)
 
     def _train_step(self, inputs, targets) -> float:
-        inputs, targets = inputs.to(self.device), targets.to(self.device)
-        with autocast_for(self.device, self.settings.precision):
-            logits = self.forward(inputs)
-        loss = F.cross_entropy(logits.float().reshape(-1, logits.shape[-1]), targets.reshape(-1))
-        if not torch.isfinite(loss):
+        try:
+            loss = train_step(self.model, self.forward, self.optimizer, inputs.to(self.device), targets.to(self.device),
+                              self.settings.precision, self.settings.gradient_clip)
+        except NonFiniteLoss as error:
             raise TrainingDiverged(
-                f"the training loss became {loss.item()} at step {self.progress.step + 1} (epoch "
-                f"{self.progress.epoch + 1}); the last good checkpoint is kept in {self.checkpoint_dir}. "
-                "Lower train.lr, set train.gradient_clip, or check the data")
-        self.optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        if self.settings.gradient_clip is not None:
-            torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.settings.gradient_clip)
-        self.optimizer.step()
+                f"{error} at step {self.progress.step + 1} (epoch {self.progress.epoch + 1}); the last good "
+                f"checkpoint is kept in {self.checkpoint_dir}. Lower train.lr, set train.gradient_clip, "
+                "or check the data") from error
         if self.settings.schedule == "cosine":
             self.scheduler.step()
-        return loss.item()
+        return loss
 
     def _train_epoch(self, epoch: int) -> float:
         progress = self.progress
