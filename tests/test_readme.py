@@ -180,10 +180,10 @@ SHORT_VERSIONS = {
     'make report ARGS="--studies replicate,ablation --name paper --print-table"':
         report("--studies replicate --name paper --print-table"),
     "study info model=sashimi-8": info,
-    "study bench model": bench("study bench model --presets sashimi-2 --lengths 1024"),
-    "study bench train": bench("study bench train --scales smoke"),
-    "study bench generate": bench("study bench generate --presets sashimi-2 --batches 1 --seconds 0.3 "
-                                  "--step-seconds 0.3", expected="samples/s"),
+    "study bench model": bench("study bench model 'presets=[sashimi-2]' 'lengths=[1024]'"),
+    "study bench train": bench("study bench train 'scales=[smoke]'"),
+    "study bench generate": bench("study bench generate 'presets=[sashimi-2]' 'batches=[1]' seconds=0.3 "
+                                  "step_seconds=0.3", expected="samples/s"),
     "make gpu-check": gpu_check,
 }
 
