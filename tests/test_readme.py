@@ -36,6 +36,10 @@ COVERED_BY = {
     "make replicate SCALE=smoke": "tests/test_harness.py::test_replicate_and_ablation_smoke_studies_end_to_end",
     "study train": "tests/training/test_loop.py::test_loss_falls_on_toy_music",
     "study bench kernel": "tests/bench/test_kernel_bench.py",
+    "study bench gpu": "tests/bench/test_gpu_check.py::test_tiny_plan_runs_end_to_end_on_cpu_and_reports_every_field",
+    "study bench gpu device=cpu":
+        "tests/bench/test_gpu_check.py::test_tiny_plan_runs_end_to_end_on_cpu_and_reports_every_field",
+    "make gpu-wheels": "tests/bench/test_gpu_check.py::test_the_wheel_list_imports_and_is_pinned_by_the_lock",
 }
 
 
