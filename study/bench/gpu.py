@@ -146,23 +146,37 @@ class Check:
 
     # -- phases ---------------------------------------------------------------------------------------
     def correctness(self) -> None:
-        plan, checks = self.plan, self.report["checks"]
+        plan = self.plan
         for sum_name, heads, state_half, length in plan.sums:
+            name = f"{sum_name} triton vs torch, H={heads} N={state_half} L={length}"
             if not self.triton_runs:
-                checks.append(gpu_checks.CheckResult(f"{sum_name} triton vs torch", True, None, gpu_checks.SUM_TOLERANCE,
-                                                     "skipped", "Triton on a CPU needs TRITON_INTERPRET=1").as_dict())
+                self.record(gpu_checks.CheckResult(name, True, None, gpu_checks.SUM_TOLERANCE, "skipped",
+                                                   "Triton on a CPU needs TRITON_INTERPRET=1"))
                 continue
-            checks.append(gpu_checks.check_sum(sum_name, heads, state_half, length, self.device).as_dict())
-            self.said(checks[-1])
+            self.checked(name, gpu_checks.SUM_TOLERANCE,
+                         lambda: gpu_checks.check_sum(sum_name, heads, state_half, length, self.device))
         for preset in plan.presets:
             model = self.model(preset, max(plan.check_length, plan.bf16_length))
-            for result in (gpu_checks.check_forward_vs_step(model, plan.check_length, self.device),
-                           gpu_checks.check_bf16_loss(model, plan.bf16_length, self.device)):
-                checks.append(result.as_dict())
-                self.said(checks[-1])
+            self.checked(f"{preset} forward vs step", gpu_checks.LOGIT_TOLERANCE,
+                         lambda: gpu_checks.check_forward_vs_step(model, plan.check_length, self.device))
+            self.checked(f"{preset} bf16 autocast loss vs fp32", gpu_checks.BF16_LOSS_TOLERANCE,
+                         lambda: gpu_checks.check_bf16_loss(model, plan.bf16_length, self.device))
             del model
             self.release()
         self.cuda_tests()
+
+    def checked(self, name: str, tolerance: float, check) -> None:
+        """Run one check; one that raises is recorded as failed and the others still run."""
+        try:
+            result = check()
+        except Exception as error:
+            result = gpu_checks.CheckResult(name, False, None, tolerance,
+                                            detail=f"{type(error).__name__}: {str(error).strip()[:300]}")
+        self.record(result)
+
+    def record(self, result: "gpu_checks.CheckResult") -> None:
+        self.report["checks"].append(result.as_dict())
+        self.said(self.report["checks"][-1])
 
     def said(self, check: dict) -> None:
         verdict = "skipped" if check["status"] == "skipped" else ("pass" if check["passed"] else "FAIL")

@@ -1,6 +1,7 @@
 """`study bench gpu`: its plan end to end on CPU at tiny shapes, its report's fields, its exit status,
 its wheel list and its imports; and, marked `cuda`, the checks it runs at full size on a GPU."""
 
+import dataclasses
 import importlib
 import json
 import os
@@ -81,6 +82,20 @@ def test_a_failing_phase_is_reported_and_the_next_phases_still_run(tmp_path, mon
     phases = json.loads((tmp_path / "gpu-report.json").read_text())["phases"]
     assert phases["training"]["status"] == "failed" and "planted failure" in phases["training"]["error"]
     assert phases["generation"]["status"] == "finished" and ran == ["generation"]
+
+
+def test_a_check_that_raises_is_a_failed_check_and_the_others_still_run(tmp_path, monkeypatch):
+    def broken(sum_name, *arguments):
+        raise RuntimeError(f"planted {sum_name} failure")
+
+    monkeypatch.setattr(gpu_checks, "check_sum", broken)
+    monkeypatch.setattr(gpu, "TINY", dataclasses.replace(gpu.TINY, presets=()))
+    monkeypatch.setenv("TRITON_INTERPRET", "1")
+    phases_replaced(monkeypatch, correctness=gpu.Check.correctness)
+    assert gpu.Check(gpu.Settings(device="cpu", out=str(tmp_path))).run() == 1
+    checks = json.loads((tmp_path / "gpu-report.json").read_text())["checks"]
+    assert [(check["passed"], check["detail"]) for check in checks] == [
+        (False, "RuntimeError: planted cauchy failure"), (False, "RuntimeError: planted vandermonde failure")]
 
 
 def test_all_passing_phases_exit_0(tmp_path, monkeypatch):
