@@ -55,6 +55,25 @@ def test_tiny_plan_runs_end_to_end_on_cpu_and_reports_every_field(tmp_path):
     assert "phase generation" in (tmp_path / "progress.log").read_text()
 
 
+BLOCKING_ABSENT = ("import sys, importlib.abc\n"
+                   "class Absent(importlib.abc.MetaPathFinder):\n"
+                   "    def find_spec(self, name, path=None, target=None):\n"
+                   "        if name.partition('.')[0] in sys.argv[1].split(','):\n"
+                   "            raise ImportError(f'{name} is not on the GPU machine')\n"
+                   "sys.meta_path.insert(0, Absent())\n"
+                   "from study.cli import main\n"
+                   "sys.exit(main(['bench', 'gpu']))\n")
+
+
+def test_the_command_line_route_imports_nothing_absent_on_the_gpu_machine():
+    """`python3 -m study.cli bench gpu` with those packages unimportable gets as far as asking for a GPU."""
+    environment = {**os.environ, "PYTHONPATH": str(REPOSITORY), "CUDA_VISIBLE_DEVICES": ""}
+    completed = subprocess.run([sys.executable, "-c", BLOCKING_ABSENT, ",".join(ABSENT_ON_THE_GPU_MACHINE)],
+                               capture_output=True, text=True, env=environment, cwd=REPOSITORY, timeout=300)
+    assert completed.returncode == 2, completed.stderr[-2000:]
+    assert "study bench gpu: needs a CUDA GPU" in completed.stderr
+
+
 def phases_replaced(monkeypatch, **phases):
     for name in gpu.PHASES:
         monkeypatch.setattr(gpu.Check, name, phases.get(name, lambda self: None))
