@@ -185,7 +185,7 @@ SHORT_VERSIONS = {
         report("--studies replicate --name paper --print-table"),
     "study info model=sashimi-8": info,
     "study bench model": bench("study bench model 'presets=[sashimi-2]' 'lengths=[1024]'"),
-    "study bench train": bench("study bench train 'scales=[smoke]'"),
+    "study bench train": bench("study bench train 'scales=[smoke]' 'presets=[sashimi-2]' steps=1"),
     "study bench generate": bench("study bench generate 'presets=[sashimi-2]' 'batches=[1]' seconds=0.3 "
                                   "step_seconds=0.3", expected="samples/s"),
     "make gpu-check": gpu_check,
