@@ -5,11 +5,16 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 SCALE ?= full
 ARGS ?=
+# `make gpu-check GPU_PYTHON=python3` on a bare GPU machine: the check needs only torch, triton,
+# numba, numpy and PyYAML (pytest for its test phase), not the locked environment.
+GPU_PYTHON ?= $(BIN)/python
+GPU_WHEELS_DIR ?= .whl
+GPU_PLATFORMS := manylinux2014_x86_64 manylinux_2_17_x86_64 manylinux_2_27_x86_64 manylinux_2_28_x86_64
 
 UV_VERSION := 0.13.8
 LOCK := requirements.lock
 
-.PHONY: help install lock check-install test demo replicate ablation grids search report gpu-check bench
+.PHONY: help install lock check-install test demo replicate ablation grids search report gpu-check gpu-wheels bench
 
 help:
 	@echo "make install    create .venv with exactly the locked dependency tree ($(LOCK))"
@@ -22,7 +27,8 @@ help:
 	@echo "make grids      dropout / weight-decay / lr / sample-rate grids"
 	@echo "make search     Optuna search over temperature and top-p"
 	@echo "make report     executed report notebook + HTML"
-	@echo "make gpu-check  CUDA tests and GPU benchmarks (needs a GPU)"
+	@echo "make gpu-check  the GPU check: CUDA tests, training and generation figures, gpu-report.json/.md (needs a GPU)"
+	@echo "make gpu-wheels the small wheels a bare GPU machine may lack (Python 3.12, manylinux x86_64) into $(GPU_WHEELS_DIR)/"
 
 $(STAMP): pyproject.toml $(LOCK)
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -66,9 +72,11 @@ search: install
 report: install
 	$(BIN)/study report $(ARGS)
 
-gpu-check: install
-	@$(BIN)/python -c "import sys, torch; sys.exit(0 if torch.cuda.is_available() else 'make gpu-check needs a CUDA GPU: torch.cuda.is_available() is False on this machine')"
-	$(BIN)/python -m pytest -m cuda -v $(ARGS)
-	$(BIN)/study bench kernel
-	$(BIN)/study bench model
-	$(BIN)/study bench generate
+gpu-check:
+	PYTHONPATH=$(CURDIR) $(GPU_PYTHON) -m study.cli bench gpu $(ARGS)
+
+gpu-wheels: install
+	$(BIN)/python -m pip download --quiet --no-deps --only-binary=:all: --python-version 3.12 --implementation cp \
+		$(addprefix --platform ,$(GPU_PLATFORMS)) -d $(GPU_WHEELS_DIR) \
+		$$($(BIN)/python -c "from study.bench.gpu import wheel_requirements; print(*wheel_requirements())")
+	@ls -1 $(GPU_WHEELS_DIR)

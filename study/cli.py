@@ -79,7 +79,7 @@ COMMANDS: dict[str, tuple[Callable[[list[str]], int], str]] = {
     "search-sampling": (_search_sampling, "Optuna search over temperature / top-p"),
     "report": (_report, "build the executed report notebook and its HTML"),
     "demo": (_demo, "the whole study at smoke scale on embedded data, ending with a report"),
-    "bench": (_bench, "benchmarks: study bench model|data|train|generate|kernel"),
+    "bench": (_bench, "benchmarks: study bench model|data|train|generate|kernel|gpu"),
     "migrate-runs": (_migrate_runs, "rename run folders named by an earlier signature: study migrate-runs runs=runs"),
 }
 

@@ -44,6 +44,10 @@ COVERED_BY = {
     "data.quantizer=torchaudio": "tests/training/test_import_evaluate.py::test_import_then_evaluate_gives_the_workshop_table",
     "study migrate-runs runs=runs":
         "tests/test_signature.py::test_migrate_runs_renames_folders_and_updates_records_and_results",
+    "study bench gpu": "tests/bench/test_gpu_check.py::test_tiny_plan_runs_end_to_end_on_cpu_and_reports_every_field",
+    "study bench gpu device=cpu":
+        "tests/bench/test_gpu_check.py::test_tiny_plan_runs_end_to_end_on_cpu_and_reports_every_field",
+    "make gpu-wheels": "tests/bench/test_gpu_check.py::test_the_wheel_list_imports_and_is_pinned_by_the_lock",
 }
 
 
@@ -188,10 +192,10 @@ SHORT_VERSIONS = {
     'make report ARGS="--studies replicate,ablation --name paper --print-table"':
         report("--studies replicate --name paper --print-table"),
     "study info model=sashimi-8": info,
-    "study bench model": bench("study bench model --presets sashimi-2 --lengths 1024"),
-    "study bench train": bench("study bench train --scales smoke"),
-    "study bench generate": bench("study bench generate --presets sashimi-2 --batches 1 --seconds 0.3 "
-                                  "--step-seconds 0.3", expected="samples/s"),
+    "study bench model": bench("study bench model 'presets=[sashimi-2]' 'lengths=[1024]'"),
+    "study bench train": bench("study bench train 'scales=[smoke]' 'presets=[sashimi-2]' steps=1"),
+    "study bench generate": bench("study bench generate 'presets=[sashimi-2]' 'batches=[1]' seconds=0.3 "
+                                  "step_seconds=0.3", expected="samples/s"),
     "make gpu-check": gpu_check,
 }
 

@@ -31,11 +31,16 @@ def _kernel(argv):
     return main(argv)
 
 
-BENCHMARKS = {"model": _model, "data": _data, "train": _train, "generate": _generate, "kernel": _kernel}
+def _gpu(argv):
+    from study.bench.gpu import main
+    return main(argv)
+
+
+BENCHMARKS = {"model": _model, "data": _data, "train": _train, "generate": _generate, "kernel": _kernel, "gpu": _gpu}
 
 
 def main(argv: list[str]) -> int:
     if not argv or argv[0] not in BENCHMARKS:
-        print(f"usage: study bench {{{'|'.join(BENCHMARKS)}}} [overrides...]", file=sys.stderr)
+        print(f"usage: study bench {{{'|'.join(BENCHMARKS)}}} key=value ...", file=sys.stderr)
         return 2
     return BENCHMARKS[argv[0]](argv[1:]) or 0

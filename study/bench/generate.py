@@ -5,15 +5,17 @@ the fast backend (numba on a CPU, CUDA graphs on a GPU) and `model.step` from a 
 sampling at temperature 1. Prints a table; no test asserts timings.
 """
 
-import argparse
 import json
 import os
 import sys
 import time
+from dataclasses import dataclass, field
 
 import numpy as np
 import torch
 
+from study.bench.timing import time_call
+from study.errors import ConfigError
 from study.generation.engines.selection import make_engine, resolve_device
 from study.generation.engines.numba_engine import default_threads
 from study.generation.sampling import SamplingSettings, stream_keys
@@ -21,31 +23,32 @@ from study.sashimi import build_model
 
 PRESETS = ("sashimi-2", "sashimi-8")
 BATCHES = (1, 16)
-# Issue 6 targets on a 2-core laptop-class CPU, fp32: (preset, batch) -> samples/s (per stream for
+# Targets on a 2-core laptop-class CPU, fp32: (preset, batch) -> samples/s (per stream for
 # batch 1, summed for batch 16).
 TARGETS = {("sashimi-2", 1): 16_000, ("sashimi-8", 1): 8_000, ("sashimi-2", 16): 100_000}
 
 
 def measure(engine, batch: int, seconds: float, minimum_steps: int, sampling: SamplingSettings,
             repeats: int = 3) -> dict:
-    """Time `repeats` runs of about seconds / repeats each (after a warm-up and a calibration run) and
-    keep the fastest: other processes on the machine only ever slow a run down."""
+    """Median of `repeats` runs of about seconds / repeats each, after a warm-up and a calibration run."""
     state = engine.new_state(batch)
     keys = stream_keys(0, range(batch))
     first = np.full(batch, 1 << 7)
     counter = 0
 
-    def timed(steps: int) -> tuple[float, float]:
+    def run(steps: int) -> None:
         nonlocal first, counter
-        start_wall, start_cpu = time.perf_counter(), time.process_time()
         out = engine.run(state, first, np.full((batch, steps), -1, np.int64), keys, counter, sampling)
         first, counter = out.tokens[:, -1], counter + steps
-        return time.perf_counter() - start_wall, time.process_time() - start_cpu
 
-    timed(16)                                           # compile / capture / warm caches
-    wall, _ = timed(minimum_steps)                      # calibrate
-    steps = max(minimum_steps, int(seconds / repeats * minimum_steps / max(wall, 1e-9)) // 16 * 16)
-    wall, cpu = min(timed(steps) for _ in range(repeats))
+    device = torch.device(getattr(engine, "device", "cpu"))
+    run(16)                                                      # compile / capture / warm caches
+    calibration = time_call(lambda: run(minimum_steps), device, repeats=1, warmup=0)
+    steps = max(minimum_steps, int(seconds / repeats * minimum_steps / max(calibration.seconds, 1e-9)) // 16 * 16)
+    cpu_start = time.process_time()
+    measurement = time_call(lambda: run(steps), device, repeats=repeats, warmup=0)
+    cpu = (time.process_time() - cpu_start) / measurement.calls
+    wall = measurement.seconds
     return {"steps": steps, "repeats": repeats, "wall_seconds": wall, "cpu_seconds": cpu,
             "samples_per_second_per_stream": steps / wall, "samples_per_second_summed": batch * steps / wall}
 
@@ -57,23 +60,32 @@ def row(preset: str, path: str, batch: int, threads: int, result: dict, sample_r
             "cpu_utilisation": result["cpu_seconds"] / result["wall_seconds"] / max(threads, 1)}
 
 
+@dataclass
+class Settings:
+    device: str = "auto"                 # auto | cpu | cuda
+    presets: list[str] = field(default_factory=lambda: list(PRESETS))
+    batches: list[int] = field(default_factory=lambda: list(BATCHES))
+    threads: int = 2                     # CPU threads (torch for the step path, numba streams)
+    seconds: float = 3.0                 # wall-clock seconds per fast measurement (3 runs)
+    step_seconds: float = 3.0            # wall-clock seconds per step-path measurement
+    sample_rate: int = 16000             # for the real-time factor
+    skip_step: bool = False              # time the fast backend only
+    json: bool = False                   # also print one JSON object per row
+
+
 def main(argv: list[str]) -> int:
-    parser = argparse.ArgumentParser(prog="study bench generate", description=__doc__)
-    parser.add_argument("--device", default="auto", help="auto | cpu | cuda")
-    parser.add_argument("--presets", nargs="+", default=list(PRESETS))
-    parser.add_argument("--batches", type=int, nargs="+", default=list(BATCHES))
-    parser.add_argument("--threads", type=int, default=2, help="CPU threads (torch for the step path, numba streams)")
-    parser.add_argument("--seconds", type=float, default=3.0, help="wall-clock seconds per fast measurement (3 runs)")
-    parser.add_argument("--step-seconds", type=float, default=3.0, help="wall-clock seconds per step-path measurement")
-    parser.add_argument("--sample-rate", type=int, default=16000, help="for the real-time factor")
-    parser.add_argument("--skip-step", action="store_true", help="time the fast backend only")
-    parser.add_argument("--json", action="store_true", help="also print one JSON object per row")
-    args = parser.parse_args(argv)
-    device = resolve_device(args.device)
+    from study.command_args import parse_key_values
+
+    try:
+        args = parse_key_values(Settings, argv, "bench generate", "presets=[sashimi-2] batches=[1] seconds=1")
+        device = resolve_device(args.device)
+    except (ConfigError, ValueError) as error:
+        print(error, file=sys.stderr)
+        return 2
     torch.set_num_threads(args.threads)
     sampling = SamplingSettings()
     print(f"generation speed, fp32, temperature 1, device {device}, {args.threads} threads "
-          f"({len(os.sched_getaffinity(0))} cores usable), best of 3 runs, real time = {args.sample_rate} "
+          f"({len(os.sched_getaffinity(0))} cores usable), median of 3 runs, real time = {args.sample_rate} "
           "samples/s per stream")
     print(f"{'preset':<10} {'path':<7} {'batch':>5} {'samples/s/stream':>17} {'samples/s summed':>17} "
           f"{'x real time':>12} {'summed':>8} {'cpu use':>8}")
@@ -112,7 +124,3 @@ def main(argv: list[str]) -> int:
                   f"({'met' if figure >= target else 'NOT met'})")
     print("cpu use = process CPU time / wall time / threads; well under 100% means other processes took the cores")
     return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main(sys.argv[1:]))

@@ -18,7 +18,6 @@ from typing import Callable
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from omegaconf import OmegaConf
 from tqdm import tqdm
 
@@ -34,6 +33,7 @@ from study.training.experiment import Experiment, TrainSettings, load_experiment
 from study.training.metrics import MetricSums, prefixed
 from study.training.record import device_description, git_state, package_versions, read_record, update_record
 from study.sashimi import SaShiMi, describe_parameter_groups, parameter_count, parameter_groups
+from study.training.step import NonFiniteLoss, autocast_for, build_optimizer, train_step
 
 log = logging.getLogger(__name__)
 SPLITS_EVALUATED = ("val", "test")
@@ -125,15 +125,6 @@ def restore_rng_state(state: dict) -> None:
         torch.cuda.set_rng_state_all(state["cuda"])
 
 
-def optimizer_groups(model: SaShiMi, settings: TrainSettings) -> list[dict]:
-    return parameter_groups(model, settings.lr, settings.weight_decay, settings.exempt_decoder_bias)
-
-
-def build_optimizer(model: SaShiMi, settings: TrainSettings) -> torch.optim.Optimizer:
-    groups = optimizer_groups(model, settings)
-    return torch.optim.AdamW(groups, lr=settings.lr, betas=tuple(settings.betas), weight_decay=settings.weight_decay)
-
-
 def group_lr_names(groups: list[dict], settings: TrainSettings) -> list[str]:
     """A name per optimizer group for its logged lr: lr/default (train.lr with train.weight_decay),
     lr/no_weight_decay (train.lr, no decay), lr/ssm (the S4 kernel parameters' own lr)."""
@@ -169,14 +160,6 @@ def build_scheduler(optimizer, settings: TrainSettings, steps_per_epoch: int):
 
         return torch.optim.lr_scheduler.LambdaLR(optimizer, [factor_for(i) for i in range(len(base_lrs))])
     return None
-
-
-def autocast_for(device: torch.device, precision: str):
-    if precision == "bf16":
-        if device.type != "cuda":
-            raise ConfigError("train.precision=bf16 needs CUDA; use train.precision=fp32 on CPU")
-        return torch.autocast("cuda", dtype=torch.bfloat16)
-    return torch.autocast(device.type, enabled=False)
 
 
 @torch.no_grad()
@@ -317,29 +300,23 @@ class Run:
                      desc=f"epoch {epoch + 1}/{self.settings.max_epochs}", unit="step", dynamic_ncols=True)
 
     def _train_step(self, inputs, targets) -> float:
-        inputs, targets = inputs.to(self.device), targets.to(self.device)
-        with autocast_for(self.device, self.settings.precision):
-            logits = self.forward(inputs)
-        loss = F.cross_entropy(logits.float().reshape(-1, logits.shape[-1]), targets.reshape(-1))
-        if not torch.isfinite(loss):
+        try:
+            loss = train_step(self.model, self.forward, self.optimizer, inputs.to(self.device), targets.to(self.device),
+                              self.settings.precision, self.settings.gradient_clip)
+        except NonFiniteLoss as error:
             raise TrainingDiverged(
-                f"the training loss became {loss.item()} at step {self.progress.step + 1} (epoch "
-                f"{self.progress.epoch + 1}); the last good checkpoint is kept in {self.checkpoint_dir}. "
-                "Lower train.lr, set train.gradient_clip, or check the data")
-        self.optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        if self.settings.gradient_clip is not None:
-            torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.settings.gradient_clip)
-        self.optimizer.step()
+                f"{error} at step {self.progress.step + 1} (epoch {self.progress.epoch + 1}); the last good "
+                f"checkpoint is kept in {self.checkpoint_dir}. Lower train.lr, set train.gradient_clip, "
+                "or check the data") from error
         if not self._weights_finite():
             raise TrainingDiverged(
                 f"the weights became non-finite in the optimizer step at step {self.progress.step + 1} (epoch "
-                f"{self.progress.epoch + 1}, loss {loss.item():.4f}, largest lr {max(g['lr'] for g in self.optimizer.param_groups)}); "
+                f"{self.progress.epoch + 1}, loss {loss:.4f}, largest lr {max(g['lr'] for g in self.optimizer.param_groups)}); "
                 f"the last checkpoint with finite weights is kept in {self.checkpoint_dir}. "
                 "Lower train.lr or set train.gradient_clip")
         if self.settings.schedule == "cosine":
             self.scheduler.step()
-        return loss.item()
+        return loss
 
     def _weights_finite(self) -> bool:
         return bool(torch.stack([torch.isfinite(p.detach()).all() for p in self.model.parameters()]).all())
@@ -479,7 +456,8 @@ class Run:
             data_fingerprint=self.prepared.fingerprint, data_cache=str(self.prepared.path),
             data_warnings=list(self.prepared.manifest.get("warnings", [])),
             parameters=parameter_count(self.model), seed=int(config.seed), git=git_state(Path(__file__).parent),
-            optimizer_groups=describe_parameter_groups(self.model, optimizer_groups(self.model, self.settings)),
+            optimizer_groups=describe_parameter_groups(self.model, parameter_groups(
+                self.model, self.settings.lr, self.settings.weight_decay, self.settings.exempt_decoder_bias)),
             deviations=deviations(self.settings),
             packages=package_versions(), device=device_description(self.device),
             command=self.command,
