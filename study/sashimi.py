@@ -4,6 +4,7 @@ Reads top to bottom: config, norms, residual blocks, pooling, backbone, token mo
 `forward` (parallel) and `step` (one sample) live together and must give the same logits.
 """
 
+import math
 from dataclasses import asdict, dataclass, field, fields
 
 import torch
@@ -138,23 +139,28 @@ class FeedForward(nn.Module):
 
 
 class ResidualBlock(nn.Module):
-    """Prenorm residual: x + layer(norm(x)). The layer is an S4Block (stateful) or FeedForward."""
+    """Prenorm residual: x + layer(norm(x)). The layer is an S4Block (stateful) or FeedForward.
 
-    def __init__(self, layer: nn.Module, norm: nn.Module):
+    A stateful block keeps its SSM memory at `RecurrentState.memory[state_index]` (its place among
+    the network's S4 blocks, fixed at construction, as mamba's layer_idx)."""
+
+    def __init__(self, layer: nn.Module, norm: nn.Module, state_index: int | None = None):
         super().__init__()
         self.norm, self.layer = norm, layer
         self.stateful = isinstance(layer, S4Block)
+        self.state_index = state_index
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return x + self.layer(self.norm(x))
 
-    def step(self, x: torch.Tensor, memory, params):
+    def step(self, x: torch.Tensor, state: "RecurrentState") -> torch.Tensor:
+        """(B, H) -> (B, H); an S4 layer advances its memory in `state` in place."""
         y = self.norm(x.unsqueeze(-1)).squeeze(-1)
         if self.stateful:
-            y, memory = self.layer.step(y, memory, params)
+            y = self.layer.step(y, state.memory[self.state_index], state.step_parameters[self.state_index])
         else:
             y = self.layer(y)
-        return x + y, memory
+        return x + y
 
 
 # -- pooling -----------------------------------------------------------------------------------------
@@ -174,12 +180,16 @@ class DownPool(nn.Module):
         x = x.view(batch, channels, length // self.stride, self.stride).transpose(2, 3)
         return self.linear(x.reshape(batch, channels * self.stride, length // self.stride))
 
-    def step(self, x: torch.Tensor, buffer: list) -> tuple[torch.Tensor | None, list]:
-        buffer = buffer + [x]
-        if len(buffer) < self.stride:
-            return None, buffer
-        grouped = torch.stack(buffer, dim=-1).flatten(1)  # (B, H*s), h major
-        return self.linear(grouped), []
+    def allocate_inference_cache(self, batch_size: int, device) -> torch.Tensor:
+        """The inputs of the group being filled: (B, H, stride)."""
+        return torch.zeros(batch_size, self.linear.weight.shape[1] // self.stride, self.stride, device=device)
+
+    def step(self, x: torch.Tensor, buffer: torch.Tensor, slot: int) -> torch.Tensor | None:
+        """x (B, H) into `slot` of buffer (B, H, s); at the group's last slot (B, H_out), else None."""
+        buffer[:, :, slot] = x
+        if slot < self.stride - 1:
+            return None
+        return self.linear(buffer.flatten(1))  # (B, H*s), h major as in forward
 
 
 class UpPool(nn.Module):
@@ -201,15 +211,17 @@ class UpPool(nn.Module):
         x = x.view(batch, self.out_channels, self.stride, length).transpose(2, 3)
         return x.reshape(batch, self.out_channels, length * self.stride)
 
-    def initial_buffer(self, batch_size: int, device) -> list:
-        return [torch.zeros(batch_size, self.out_channels, device=device) for _ in range(self.stride)]
+    def allocate_inference_cache(self, batch_size: int, device) -> torch.Tensor:
+        """The outputs of the previous group, zero before the first: (B, H_out, stride)."""
+        return torch.zeros(batch_size, self.out_channels, self.stride, device=device)
 
-    def step(self, x: torch.Tensor | None, buffer: list) -> tuple[torch.Tensor, list]:
-        y, buffer = buffer[0], buffer[1:]
-        if not buffer:
-            expanded = self.linear(x).view(-1, self.out_channels, self.stride)
-            buffer = list(expanded.unbind(-1))
-        return y, buffer
+    def step(self, x: torch.Tensor | None, buffer: torch.Tensor, slot: int) -> torch.Tensor:
+        """The previous group's output for `slot`, (B, H_out); at the group's last slot the coarse
+        input x (B, H_in) of this sample refills the buffer for the next group."""
+        y = buffer[:, :, slot].clone()
+        if slot == self.stride - 1:
+            buffer.copy_(self.linear(x).view(-1, self.out_channels, self.stride))  # (B, H_out, s)
+        return y
 
 
 # -- backbone ----------------------------------------------------------------------------------------
@@ -221,10 +233,15 @@ class SaShiMiBackbone(nn.Module):
         settings = config.layer_settings()
         channels, length = config.d_model, config.l_max
 
+        stateful = 0
+
         def stage(width: int, stage_length: int) -> list[nn.Module]:
+            nonlocal stateful
             blocks = []
             for _ in range(config.n_layers):
-                blocks.append(ResidualBlock(S4Block(width, stage_length, settings), make_norm(config.norm, width)))
+                blocks.append(ResidualBlock(S4Block(width, stage_length, settings), make_norm(config.norm, width),
+                                            state_index=stateful))
+                stateful += 1
                 if config.ff > 0:
                     blocks.append(ResidualBlock(FeedForward(width, config.ff, config.dropout),
                                                 make_norm(config.norm, width)))
@@ -254,68 +271,138 @@ class SaShiMiBackbone(nn.Module):
         """(B, H, L) -> (B, L, H)."""
         skips = [x]
         for pool in self.down_pools:
-            x = pool(x)
+            x = pool(x)                            # (B, H_l, L_l) -> (B, H_l * expand, L_l / stride)
             skips.append(x)
         for block in self.centre:
-            x = self._block(block, x)
+            x = self._block(block, x)              # (B, H_D, L_D)
         x = x + skips.pop()
         for up_stage in self.up_stages:
-            x = up_stage[0](x) + skips.pop()
+            x = up_stage[0](x) + skips.pop()       # (B, H_l, L_l) -> (B, H_l / expand, L_l * stride)
             skips.append(x)
             for block in up_stage[1:]:
                 x = self._block(block, x)
             x = x + skips.pop()
-        return self.final_norm(x.transpose(1, 2))
+        return self.final_norm(x.transpose(1, 2))  # (B, L, H)
 
+    # -- recurrent face ------------------------------------------------------------------------------
     def stateful_blocks(self) -> list[ResidualBlock]:
+        """The S4 blocks in network order (centre, then the up stages): block i keeps memory[i]."""
         blocks = list(self.centre) + [b for stage in self.up_stages for b in stage[1:]]
-        return [b for b in blocks if b.stateful]
+        return sorted((b for b in blocks if b.stateful), key=lambda b: b.state_index)
 
-    def initial_state(self, batch_size: int, device) -> dict:
-        return {
-            "down": [[] for _ in self.down_pools],
-            "up": [stage[0].initial_buffer(batch_size, device) for stage in self.up_stages],
-            "memory": {id(b): b.layer.initial_memory(batch_size) for b in self.stateful_blocks()},
-            "params": {id(b): b.layer.step_parameters() for b in self.stateful_blocks()},
-        }
+    def stage_blocks(self, level: int) -> list[ResidualBlock]:
+        """The residual blocks of pooling level `level` (0: outermost up stage, len(pool): centre)."""
+        depth = len(self.down_pools)
+        return list(self.centre) if level == depth else list(self.up_stages[depth - 1 - level])[1:]
 
-    def _run_blocks(self, blocks, x, state):
+    def up_pool(self, level: int) -> "UpPool":
+        """The up pool that returns to pooling level `level` (0: outermost)."""
+        return self.up_stages[len(self.down_pools) - 1 - level][0]
+
+    def pool_slot(self, level: int, phase: int) -> int:
+        """Which slot of level `level`'s pool groups sample `phase` (= position mod total_pool) fills."""
+        period = math.prod(pool.stride for pool in self.down_pools[:level])
+        return (phase // period) % self.down_pools[level].stride
+
+    def completed_pools(self, phase: int) -> int:
+        """How many pools, outermost first, complete a group at sample `phase`: the stages inside them
+        run at this sample, the deeper ones wait (their up pools keep emitting the previous group)."""
+        count = 0
+        for level, pool in enumerate(self.down_pools):
+            if self.pool_slot(level, phase) != pool.stride - 1:
+                break
+            count += 1
+        return count
+
+    def allocate_inference_cache(self, batch_size: int, device) -> "RecurrentState":
+        """Zero state for `batch_size` streams and a snapshot of the S4 step matrices of the weights."""
+        blocks = self.stateful_blocks()
+        return RecurrentState(
+            down=[pool.allocate_inference_cache(batch_size, device) for pool in self.down_pools],
+            up=[self.up_pool(level).allocate_inference_cache(batch_size, device)
+                for level in range(len(self.down_pools))],
+            memory=[block.layer.allocate_inference_cache(batch_size) for block in blocks],
+            step_parameters=[block.layer.step_parameters() for block in blocks])
+
+    def step(self, x: torch.Tensor, state: "RecurrentState", phase: int) -> torch.Tensor:
+        """(B, H) -> (B, H) for sample `phase` (= position mod total_pool); `state` changes in place.
+
+        The same sequence of tensor operations for every sample of the same phase, whatever the data,
+        so one pooling period of it can be captured in a CUDA graph."""
+        depth, reached = len(self.down_pools), self.completed_pools(phase)
+        skips = [x]                                                     # level l input: (B, H_l)
+        for level in range(min(reached + 1, depth)):
+            pooled = self.down_pools[level].step(x, state.down[level], self.pool_slot(level, phase))
+            if pooled is None:                                          # the group is not full yet
+                break
+            x = pooled                                                  # (B, H_{l+1})
+            skips.append(x)
+        if reached == depth:
+            x = self._step_blocks(self.stage_blocks(depth), x, state) + x   # centre: (B, H_D)
+        for level in reversed(range(min(reached, depth - 1) + 1)):
+            # x: this sample's output of the level below (B, H_{l+1}); it refills the up pool's group
+            x = self.up_pool(level).step(x, state.up[level], self.pool_slot(level, phase)) + skips[level]
+            x = self._step_blocks(self.stage_blocks(level), x, state) + x   # (B, H_l)
+        return self.final_norm(x)
+
+    @staticmethod
+    def _step_blocks(blocks: list[ResidualBlock], x: torch.Tensor, state: "RecurrentState") -> torch.Tensor:
         for block in blocks:
-            key = id(block)
-            if block.stateful:
-                x, state["memory"][key] = block.step(x, state["memory"][key], state["params"][key])
-            else:
-                x, _ = block.step(x, None, None)
+            x = block.step(x, state)
         return x
 
-    def step(self, x: torch.Tensor, state: dict) -> torch.Tensor:
-        """(B, H) -> (B, H); updates `state` (pool buffers and SSM memories) in place."""
-        skips = []
-        for level, pool in enumerate(self.down_pools):
-            skips.append(x)
-            x, state["down"][level] = pool.step(x, state["down"][level])
-            if x is None:
-                break
-        if x is not None:
-            skips.append(x)
-            x = self._run_blocks(self.centre, x, state) + skips.pop()
-        # Stages whose coarse input has not changed this sample are skipped (their pools still emit).
-        first_stage = len(self.down_pools) - len(skips) if x is None else 0
-        for index in range(first_stage, len(self.up_stages)):
-            up_stage = self.up_stages[index]
-            y, state["up"][index] = up_stage[0].step(x, state["up"][index])
-            x = y + skips.pop()
-            skips.append(x)
-            x = self._run_blocks(up_stage[1:], x, state) + skips.pop()
-        return self.final_norm(x)
+
+def _rows(tensors: list[torch.Tensor], index: torch.Tensor) -> list[torch.Tensor]:
+    return [tensor.index_select(0, index.to(tensor.device)) for tensor in tensors]
 
 
 @dataclass
 class RecurrentState:
-    """Everything `SaShiMi.step` needs between samples. `init_state` snapshots the discretised step
-    matrices of the current weights: make a new state after changing the weights."""
-    backbone: dict
-    position: int = 0
+    """Everything `SaShiMi.step` needs between samples, in tensors allocated once and updated in place
+    (so a captured CUDA graph can replay the step). Streams are axis 0 of every batched tensor.
+
+    `step_parameters` snapshots the discretised step matrices of the weights at allocation: allocate a
+    new state after changing the weights. The step's schedule depends only on position mod total_pool.
+    """
+    down: list[torch.Tensor]        # per pooling level l (0: outermost): (B, H_l, s_l), the group being filled
+    up: list[torch.Tensor]          # per pooling level l: (B, H_l, s_l), the previous group's outputs
+    memory: list[torch.Tensor]      # per S4 block i (ResidualBlock.state_index): (B, H, N/2) complex64
+    step_parameters: list[dict]     # per S4 block: its kernel's step matrices, shared by all streams
+    position: int = 0               # samples consumed
+
+    @property
+    def batch_size(self) -> int:
+        return self.memory[0].shape[0] if self.memory else self.down[0].shape[0]
+
+    def batched(self) -> list[torch.Tensor]:
+        """Every tensor with the streams on axis 0, in a fixed order."""
+        return [*self.down, *self.up, *self.memory]
+
+    def _rebuilt(self, tensors: list[torch.Tensor], position: int) -> "RecurrentState":
+        depth = len(self.down)
+        return RecurrentState(tensors[:depth], tensors[depth:2 * depth], tensors[2 * depth:], self.step_parameters,
+                              position)
+
+    def select(self, rows: torch.Tensor | list[int]) -> "RecurrentState":
+        """A new state whose stream i is a copy of stream rows[i] of this one."""
+        index = torch.as_tensor(rows, dtype=torch.int64)
+        return self._rebuilt(_rows(self.batched(), index), self.position)
+
+    @staticmethod
+    def join(states: list["RecurrentState"]) -> "RecurrentState":
+        """The streams of `states`, in order, as one batch (same model, same position)."""
+        positions = {state.position for state in states}
+        if len(positions) != 1:
+            raise ValueError(f"cannot join states at positions {sorted(positions)}: streams step together "
+                             "only from the same position; advance the shorter ones first")
+        columns = zip(*(state.batched() for state in states))
+        return states[0]._rebuilt([torch.cat(column, 0) for column in columns], states[0].position)
+
+    def copy_(self, other: "RecurrentState") -> None:
+        """Overwrite this state's tensors (their storage stays put) and position with `other`'s."""
+        for mine, theirs in zip(self.batched(), other.batched(), strict=True):
+            mine.copy_(theirs)
+        self.position = other.position
 
 
 class SaShiMi(nn.Module):
@@ -336,16 +423,17 @@ class SaShiMi(nn.Module):
         return self.decoder(self.backbone(x))
 
     @torch.no_grad()
-    def init_state(self, batch_size: int) -> RecurrentState:
-        device = self.decoder.weight.device
-        return RecurrentState(backbone=self.backbone.initial_state(batch_size, device))
+    def allocate_inference_cache(self, batch_size: int) -> RecurrentState:
+        """The recurrent state of `batch_size` fresh streams, on the model's device."""
+        return self.backbone.allocate_inference_cache(batch_size, self.decoder.weight.device)
 
     @torch.no_grad()
-    def step(self, token: torch.Tensor, state: RecurrentState) -> tuple[torch.Tensor, RecurrentState]:
-        """token (B,) int64 -> logits (B, n_classes), the state advanced by one sample."""
-        x = self.backbone.step(self.encoder(token), state.backbone)
+    def step(self, token: torch.Tensor, state: RecurrentState) -> torch.Tensor:
+        """token (B,) int64 -> logits (B, n_classes); `state` advances one sample in place."""
+        phase = state.position % self.config.total_pool
+        x = self.backbone.step(self.encoder(token), state, phase)     # (B, d_model)
         state.position += 1
-        return self.decoder(x), state
+        return self.decoder(x)
 
 
 def build_model(preset_or_config: str | ModelConfig, **overrides) -> SaShiMi:
