@@ -390,11 +390,8 @@ class RecurrentState:
 
     @staticmethod
     def join(states: list["RecurrentState"]) -> "RecurrentState":
-        """The streams of `states`, in order, as one batch (same model, same position)."""
-        positions = {state.position for state in states}
-        if len(positions) != 1:
-            raise ValueError(f"cannot join states at positions {sorted(positions)}: streams step together "
-                             "only from the same position; advance the shorter ones first")
+        """The streams of `states`, in order, as one batch at the first's position (the caller checks
+        that their phases, position mod total_pool, agree)."""
         columns = zip(*(state.batched() for state in states))
         return states[0]._rebuilt([torch.cat(column, 0) for column in columns], states[0].position)
 

@@ -47,7 +47,7 @@ from study.data import DataError
 from study.data.audio_io import UnusableAudioError, iter_audio, read_info
 from study.data.quantize import QUANTIZATIONS, NORMALIZATIONS, decode, tokenize, zero_token
 from study.data.settings import SPLIT_NAMES
-from study.generation.engines.selection import BACKENDS, describe, make_engine, resolve_device
+from study.generation.engines.selection import BACKENDS, make_engine, resolve_device
 from study.generation.sampling import SamplingSettings, stream_keys
 
 log = logging.getLogger(__name__)
@@ -364,7 +364,7 @@ class Generator:
             self.engine = make_engine(model, backend, self.device, threads or None)
         except ValueError as error:
             raise GenerationError(str(error)) from error
-        self.backend = describe(self.engine)
+        self.backend = self.engine.describe()
         log.info("generation %s", self.backend)
         self.load_seconds = time.perf_counter() - started
 
@@ -537,7 +537,7 @@ class Generator:
                               if isinstance(self.payload.get(key), (int, float))},
                            "experiment": config.get("name")},
             "audio": {**asdict(self.audio), "wav_subtype": WAV_SUBTYPE},
-            "backend": describe(self.engine),  # after the run: says if CUDA graph capture failed
+            "backend": self.engine.describe(),  # after the run: says if CUDA graph capture failed
             "device": str(self.device),
             "prompts": prompts_record,
             "continuations": continuations_record,
@@ -662,7 +662,7 @@ def run(config: GenerateConfig) -> Path:
         raise
     summary = [f"wrote {len(result.continuations)} continuation{'s' if len(result.continuations) != 1 else ''} "
                f"of {config.seconds:g} s to {path}",
-               f"  {describe(generator.engine)}",
+               f"  {generator.engine.describe()}",
                f"  speed: {result.timings['real_time_factor_per_stream']:.2f}x real time per stream, "
                f"{result.timings['real_time_factor_summed']:.2f}x summed over streams",
                "  ranking (mean model log-likelihood, nats/sample):"]
