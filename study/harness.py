@@ -6,6 +6,7 @@ compose) and never mixes a study folder with another definition of the study.
 """
 
 import hashlib
+import io
 import json
 import logging
 import os
@@ -26,6 +27,7 @@ from omegaconf import OmegaConf
 
 from study.config import CONFIG_DIR, compose_config
 from study.errors import ConfigError, StudyDefinitionError
+from study.files import write_atomic
 from study.training.experiment import Experiment, load_experiment
 from study.training.record import read_record, write_json_atomic
 
@@ -269,9 +271,9 @@ def result_row(study: Study, trial: Trial, error: str | None = None) -> dict:
 
 def write_results(folder: Path, study: Study, trials: list[Trial], errors: dict[str, str]) -> pd.DataFrame:
     table = pd.DataFrame([result_row(study, trial, errors.get(trial.label)) for trial in trials])
-    temporary = folder / ".results.parquet.tmp"
-    table.to_parquet(temporary, index=False)
-    os.replace(temporary, folder / "results.parquet")
+    buffer = io.BytesIO()
+    table.to_parquet(buffer, index=False)
+    write_atomic(folder / "results.parquet", buffer.getvalue())
     return table
 
 
