@@ -4,6 +4,7 @@ Reads top to bottom: config, norms, residual blocks, pooling, backbone, token mo
 `forward` (parallel) and `step` (one sample) live together and must give the same logits.
 """
 
+import itertools
 import math
 from dataclasses import asdict, dataclass, field, fields
 
@@ -12,6 +13,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 import torch.utils.checkpoint
 
+from study.recurrent_state import RecurrentState
 from study.s4.layer import ChannelLinear, S4Block, S4LayerSettings, mark_optim
 
 
@@ -139,10 +141,8 @@ class FeedForward(nn.Module):
 
 
 class ResidualBlock(nn.Module):
-    """Prenorm residual: x + layer(norm(x)). The layer is an S4Block (stateful) or FeedForward.
-
-    A stateful block keeps its SSM memory at `RecurrentState.memory[state_index]` (its place among
-    the network's S4 blocks, fixed at construction, as mamba's layer_idx)."""
+    """Prenorm residual: x + layer(norm(x)). The layer is an S4Block (stateful: its memory is
+    RecurrentState.memory[state_index], fixed at construction as mamba's layer_idx) or FeedForward."""
 
     def __init__(self, layer: nn.Module, norm: nn.Module, state_index: int | None = None):
         super().__init__()
@@ -153,7 +153,7 @@ class ResidualBlock(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return x + self.layer(self.norm(x))
 
-    def step(self, x: torch.Tensor, state: "RecurrentState") -> torch.Tensor:
+    def step(self, x: torch.Tensor, state: RecurrentState) -> torch.Tensor:
         """(B, H) -> (B, H); an S4 layer advances its memory in `state` in place."""
         y = self.norm(x.unsqueeze(-1)).squeeze(-1)
         if self.stateful:
@@ -166,9 +166,7 @@ class ResidualBlock(nn.Module):
 # -- pooling -----------------------------------------------------------------------------------------
 class DownPool(nn.Module):
     """(B, H, L*s) -> regroup (B, H*s, L) -> weight-normed linear -> (B, H_out, L).
-
-    Step mode buffers `stride` inputs and emits one output when the group is full.
-    """
+    Step: each sample fills one slot of a (B, H, s) buffer; the full group emits one output."""
 
     def __init__(self, channels: int, out_channels: int, stride: int):
         super().__init__()
@@ -194,10 +192,7 @@ class DownPool(nn.Module):
 
 class UpPool(nn.Module):
     """(B, H_in, L) -> linear to H_out*s -> shift right one pooled step (causal) -> (B, H_out, L*s).
-
-    Step mode emits the buffered outputs of the previous group, one per sample, and refills the
-    buffer from the coarse input when it runs out.
-    """
+    Step: emits the previous group's outputs from a (B, H_out, s) buffer, one slot per sample."""
 
     def __init__(self, channels: int, out_channels: int, stride: int):
         super().__init__()
@@ -233,15 +228,13 @@ class SaShiMiBackbone(nn.Module):
         settings = config.layer_settings()
         channels, length = config.d_model, config.l_max
 
-        stateful = 0
+        state_indices = itertools.count()  # S4 block i keeps RecurrentState.memory[i]
 
         def stage(width: int, stage_length: int) -> list[nn.Module]:
-            nonlocal stateful
             blocks = []
             for _ in range(config.n_layers):
                 blocks.append(ResidualBlock(S4Block(width, stage_length, settings), make_norm(config.norm, width),
-                                            state_index=stateful))
-                stateful += 1
+                                            state_index=next(state_indices)))
                 if config.ff > 0:
                     blocks.append(ResidualBlock(FeedForward(width, config.ff, config.dropout),
                                                 make_norm(config.norm, width)))
@@ -291,12 +284,11 @@ class SaShiMiBackbone(nn.Module):
         return sorted((b for b in blocks if b.stateful), key=lambda b: b.state_index)
 
     def stage_blocks(self, level: int) -> list[ResidualBlock]:
-        """The residual blocks of pooling level `level` (0: outermost up stage, len(pool): centre)."""
+        """The blocks of pooling level `level` (0: the outermost up stage, len(pool): the centre)."""
         depth = len(self.down_pools)
         return list(self.centre) if level == depth else list(self.up_stages[depth - 1 - level])[1:]
 
-    def up_pool(self, level: int) -> "UpPool":
-        """The up pool that returns to pooling level `level` (0: outermost)."""
+    def up_pool(self, level: int) -> UpPool:
         return self.up_stages[len(self.down_pools) - 1 - level][0]
 
     def pool_slot(self, level: int, phase: int) -> int:
@@ -307,14 +299,10 @@ class SaShiMiBackbone(nn.Module):
     def completed_pools(self, phase: int) -> int:
         """How many pools, outermost first, complete a group at sample `phase`: the stages inside them
         run at this sample, the deeper ones wait (their up pools keep emitting the previous group)."""
-        count = 0
-        for level, pool in enumerate(self.down_pools):
-            if self.pool_slot(level, phase) != pool.stride - 1:
-                break
-            count += 1
-        return count
+        full = [self.pool_slot(level, phase) == pool.stride - 1 for level, pool in enumerate(self.down_pools)]
+        return full.index(False) if False in full else len(full)
 
-    def allocate_inference_cache(self, batch_size: int, device) -> "RecurrentState":
+    def allocate_inference_cache(self, batch_size: int, device) -> RecurrentState:
         """Zero state for `batch_size` streams and a snapshot of the S4 step matrices of the weights."""
         blocks = self.stateful_blocks()
         return RecurrentState(
@@ -324,82 +312,32 @@ class SaShiMiBackbone(nn.Module):
             memory=[block.layer.allocate_inference_cache(batch_size) for block in blocks],
             step_parameters=[block.layer.step_parameters() for block in blocks])
 
-    def step(self, x: torch.Tensor, state: "RecurrentState", phase: int) -> torch.Tensor:
+    def step(self, x: torch.Tensor, state: RecurrentState, phase: int) -> torch.Tensor:
         """(B, H) -> (B, H) for sample `phase` (= position mod total_pool); `state` changes in place.
 
         The same sequence of tensor operations for every sample of the same phase, whatever the data,
         so one pooling period of it can be captured in a CUDA graph."""
         depth, reached = len(self.down_pools), self.completed_pools(phase)
         skips = [x]                                                     # level l input: (B, H_l)
-        for level in range(min(reached + 1, depth)):
+        for level in range(min(reached + 1, depth)):                    # pools keep x; completed ones emit
             pooled = self.down_pools[level].step(x, state.down[level], self.pool_slot(level, phase))
-            if pooled is None:                                          # the group is not full yet
-                break
-            x = pooled                                                  # (B, H_{l+1})
-            skips.append(x)
+            if pooled is not None:
+                x = pooled                                              # (B, H_{l+1})
+                skips.append(x)
         if reached == depth:
-            x = self._step_blocks(self.stage_blocks(depth), x, state) + x   # centre: (B, H_D)
+            x = self._stage_step(depth, x, state)                       # centre: (B, H_D)
         for level in reversed(range(min(reached, depth - 1) + 1)):
             # x: this sample's output of the level below (B, H_{l+1}); it refills the up pool's group
             x = self.up_pool(level).step(x, state.up[level], self.pool_slot(level, phase)) + skips[level]
-            x = self._step_blocks(self.stage_blocks(level), x, state) + x   # (B, H_l)
+            x = self._stage_step(level, x, state)                       # (B, H_l)
         return self.final_norm(x)
 
-    @staticmethod
-    def _step_blocks(blocks: list[ResidualBlock], x: torch.Tensor, state: "RecurrentState") -> torch.Tensor:
-        for block in blocks:
-            x = block.step(x, state)
-        return x
-
-
-def _rows(tensors: list[torch.Tensor], index: torch.Tensor) -> list[torch.Tensor]:
-    return [tensor.index_select(0, index.to(tensor.device)) for tensor in tensors]
-
-
-@dataclass
-class RecurrentState:
-    """Everything `SaShiMi.step` needs between samples, in tensors allocated once and updated in place
-    (so a captured CUDA graph can replay the step). Streams are axis 0 of every batched tensor.
-
-    `step_parameters` snapshots the discretised step matrices of the weights at allocation: allocate a
-    new state after changing the weights. The step's schedule depends only on position mod total_pool.
-    """
-    down: list[torch.Tensor]        # per pooling level l (0: outermost): (B, H_l, s_l), the group being filled
-    up: list[torch.Tensor]          # per pooling level l: (B, H_l, s_l), the previous group's outputs
-    memory: list[torch.Tensor]      # per S4 block i (ResidualBlock.state_index): (B, H, N/2) complex64
-    step_parameters: list[dict]     # per S4 block: its kernel's step matrices, shared by all streams
-    position: int = 0               # samples consumed
-
-    @property
-    def batch_size(self) -> int:
-        return self.memory[0].shape[0] if self.memory else self.down[0].shape[0]
-
-    def batched(self) -> list[torch.Tensor]:
-        """Every tensor with the streams on axis 0, in a fixed order."""
-        return [*self.down, *self.up, *self.memory]
-
-    def _rebuilt(self, tensors: list[torch.Tensor], position: int) -> "RecurrentState":
-        depth = len(self.down)
-        return RecurrentState(tensors[:depth], tensors[depth:2 * depth], tensors[2 * depth:], self.step_parameters,
-                              position)
-
-    def select(self, rows: torch.Tensor | list[int]) -> "RecurrentState":
-        """A new state whose stream i is a copy of stream rows[i] of this one."""
-        index = torch.as_tensor(rows, dtype=torch.int64)
-        return self._rebuilt(_rows(self.batched(), index), self.position)
-
-    @staticmethod
-    def join(states: list["RecurrentState"]) -> "RecurrentState":
-        """The streams of `states`, in order, as one batch at the first's position (the caller checks
-        that their phases, position mod total_pool, agree)."""
-        columns = zip(*(state.batched() for state in states))
-        return states[0]._rebuilt([torch.cat(column, 0) for column in columns], states[0].position)
-
-    def copy_(self, other: "RecurrentState") -> None:
-        """Overwrite this state's tensors (their storage stays put) and position with `other`'s."""
-        for mine, theirs in zip(self.batched(), other.batched(), strict=True):
-            mine.copy_(theirs)
-        self.position = other.position
+    def _stage_step(self, level: int, x: torch.Tensor, state: RecurrentState) -> torch.Tensor:
+        """The residual blocks of one stage, plus the stage's own skip: (B, H_l) -> (B, H_l)."""
+        y = x
+        for block in self.stage_blocks(level):
+            y = block.step(y, state)
+        return y + x
 
 
 class SaShiMi(nn.Module):

@@ -376,21 +376,17 @@ class S4Block(nn.Module):
         y = fft_convolution(x, kernel) + x * self.D.unsqueeze(-1)  # (B, H, L)
         return self._after_convolution(y)
 
-    # -- recurrent face: one sample, state preallocated and updated in place -------------------------
     def step_parameters(self) -> dict[str, torch.Tensor]:
-        """The kernel's discretised step matrices for the current weights (shared by every stream)."""
         return self.kernel.step_parameters()
 
     def allocate_inference_cache(self, batch_size: int) -> torch.Tensor:
-        """The SSM memory of `batch_size` streams, zero: (B, H, N/2) complex64."""
-        return self.kernel.initial_memory(batch_size)
+        return self.kernel.initial_memory(batch_size)  # (B, H, N/2) complex64, zero
 
     def step(self, x: torch.Tensor, memory: torch.Tensor, params: dict) -> torch.Tensor:
         """x (B, H) -> y (B, H); `memory` (B, H, N/2) advances one sample in place."""
         y, advanced = self.kernel.step(x, memory, params)
         memory.copy_(advanced)
-        y = y + x * self.D                                        # (B, H)
-        return self._after_convolution(y.unsqueeze(-1)).squeeze(-1)
+        return self._after_convolution((y + x * self.D).unsqueeze(-1)).squeeze(-1)
 
 
 class ChannelLinear(nn.Module):

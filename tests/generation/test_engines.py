@@ -8,7 +8,7 @@ import torch
 
 from study.generation.engines.cuda_graph import GraphEngine
 from study.generation.engines.numba_engine import FastEngine
-from study.generation.engines.numba_kernels import gelu_array, sigmoid_array
+from study.generation.engines.numba_math import gelu_array, sigmoid_array
 from study.generation.engines.numba_plan import S4Plan, network_plan, ssm_matrices
 from study.generation.engines.numba_sampler import exp_nonpositive, sample_one
 from study.generation.engines.protocol import Engine
