@@ -240,3 +240,25 @@ def test_cuda_graph_engine_equals_forward_and_repeats_itself(preset):
     runs = [engine.run(engine.new_state(4), np.full(4, 128), np.full((4, 1000), -1), keys, 0, SamplingSettings(top_p=0.9))
             for _ in range(2)]
     assert np.array_equal(runs[0].tokens, runs[1].tokens)
+
+
+@pytest.mark.cuda
+@pytest.mark.parametrize("sampling", [SamplingSettings(temperature=0), SamplingSettings(top_p=0.9)])
+def test_cuda_graph_replays_draw_the_tokens_of_the_eager_model_step(sampling):
+    """The captured graphs replay `model.step` itself: the same tokens as the same step run eagerly on
+    the same device, across a head that is not period-aligned, whole periods and a tail, and a join."""
+    model = small_model().cuda()
+    graphs, eager = GraphEngine(model, "cuda"), StepEngine(model, "cuda")
+    assert graphs.use_graphs
+    keys = stream_keys(9, range(3))
+    prompt = np.random.default_rng(9).integers(0, 256, (3, 21))  # 21: the continuation starts mid-period
+    runs = []
+    for engine in (graphs, eager):
+        parts = [engine.new_state(1), engine.new_state(2)]
+        engine.run(parts[0], np.full(1, 128), prompt[:1], keys[:1], 0, sampling)
+        engine.run(parts[1], np.full(2, 128), prompt[1:], keys[1:], 0, sampling)
+        state = engine.join(parts)
+        runs.append(engine.run(state, prompt[:, -1], np.full((3, 203), -1), keys, 0, sampling))
+    assert graphs.capture_error is None
+    assert np.array_equal(runs[0].tokens, runs[1].tokens)
+    assert np.allclose(runs[0].logp_model, runs[1].logp_model, atol=1e-4)
