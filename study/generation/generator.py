@@ -21,8 +21,6 @@ Conventions, for a checkpoint trained on windows [zero_token, x_0, x_1, ...] -> 
                 time), per stream and summed over the streams of a batch.
 """
 
-import hashlib
-
 import logging
 import math
 import time

@@ -50,10 +50,11 @@ class GraphEngine:
         self.total_pool = model.config.total_pool
         self._static: dict[tuple, _Static] = {}
         self.capture_error: str | None = None
+        self._fresh = model.allocate_inference_cache(1)  # its step matrices are computed once, here
 
     # -- state --------------------------------------------------------------------------------------
     def new_state(self, batch_size: int) -> EngineState:
-        return EngineState(self.model.allocate_inference_cache(batch_size), batch_size)
+        return EngineState(self._fresh.select([0] * batch_size), batch_size)
 
     def select(self, state: EngineState, rows: Sequence[int]) -> EngineState:
         rows = [int(row) for row in np.asarray(rows, dtype=np.int64)]
@@ -84,7 +85,7 @@ class GraphEngine:
         if key not in self._static:
             period, device = self.total_pool, self.device
             self._static[key] = _Static(
-                recurrent=self.model.allocate_inference_cache(batch),
+                recurrent=self._fresh.select([0] * batch),
                 token_in=torch.zeros(batch, dtype=torch.int64, device=device),
                 forced=torch.full((batch, period), -1, dtype=torch.int64, device=device),
                 u=torch.zeros(batch, period, dtype=torch.float64, device=device),

@@ -43,7 +43,7 @@ def _first_call(call) -> None:
             call()
             return
         notice = threading.Timer(COMPILE_NOTICE_SECONDS, lambda: print(
-            "compiling the CPU engine (~30 s, cached afterwards)", file=sys.stderr, flush=True))
+            "compiling the CPU engine (~30 s on an idle machine, cached afterwards)", file=sys.stderr, flush=True))
         notice.daemon = True
         started = time.perf_counter()
         notice.start()

@@ -32,9 +32,10 @@ class StepEngine:
     def __init__(self, model: SaShiMi, device: str | torch.device = "cpu"):
         self.model = model
         self.device = torch.device(device)
+        self._fresh = model.allocate_inference_cache(1)  # its step matrices are computed once, here
 
     def new_state(self, batch_size: int) -> EngineState:
-        return EngineState(self.model.allocate_inference_cache(batch_size), batch_size)
+        return EngineState(self._fresh.select([0] * batch_size), batch_size)
 
     def select(self, state: EngineState, rows: Sequence[int]) -> EngineState:
         rows = [int(row) for row in np.asarray(rows, dtype=np.int64)]
