@@ -14,7 +14,7 @@ from typing import Sequence
 import numpy as np
 import torch
 
-from study.generation.engines.numba_network import flatten, run_steps
+from study.generation.engines.numba_network import FlatNetwork, flatten, run_steps
 from study.generation.engines.numba_plan import network_plan
 from study.generation.engines.protocol import EngineState, StepOutputs, check_batch, joined_position
 from study.generation.sampling import SamplingSettings
@@ -30,29 +30,36 @@ def default_threads(batch_size: int) -> int:
     return max(1, min(cores, batch_size))
 
 
-COMPILE_NOTICE_SECONDS = 2.0   # a first call slower than this is compiling, not loading numba's cache
+COMPILE_NOTICE_SECONDS = 1.0   # say so when compiling takes longer than this
 _compiled = threading.Event()
 _compile_lock = threading.Lock()
 
 
-def _first_call(call) -> None:
-    """Run the first engine call of this process; if it takes long (numba compiling rather than loading
-    its cache), say so once while it runs and say how long it took."""
+def _compiling() -> bool:
+    """True once numba found no cached machine code for `run_steps` in this process (it compiles then)."""
+    return sum(run_steps.stats.cache_misses.values()) > 0
+
+
+def _warm_up(flat: FlatNetwork) -> None:
+    """Compile `run_steps` (or load it from numba's cache) with a one-sample call on scratch arrays,
+    once per process; when it compiles, say so while it runs, and how long it took."""
     with _compile_lock:
         if _compiled.is_set():
-            call()
             return
-        notice = threading.Timer(COMPILE_NOTICE_SECONDS, lambda: print(
+        notice = threading.Timer(COMPILE_NOTICE_SECONDS, lambda: _compiling() and print(
             "compiling the CPU engine (~30 s on an idle machine, cached afterwards)", file=sys.stderr, flush=True))
         notice.daemon = True
         started = time.perf_counter()
         notice.start()
         try:
-            call()
+            run_steps(flat.params, flat.levels, flat.blocks, flat.head, flat.norm_eps, flat.completed, flat.slots,
+                      np.zeros((1, flat.state_size), np.float32), 0, np.zeros(1, np.int64), np.full((1, 1), -1),
+                      np.zeros(1, np.uint64), 0, 1.0, 0, 1.0, np.empty((1, 1), np.int64), np.empty((1, 1)),
+                      np.empty((1, 1)), np.empty((1, 0, flat.n_classes), np.float32))
         finally:
             notice.cancel()
         _compiled.set()
-        if time.perf_counter() - started > COMPILE_NOTICE_SECONDS:
+        if _compiling():
             print(f"compiled the CPU engine in {time.perf_counter() - started:.0f} s", file=sys.stderr, flush=True)
 
 
@@ -122,10 +129,8 @@ class FastEngine:
                 for future in futures:
                     future.result()
 
-        if _compiled.is_set():
-            all_parts()
-        else:
-            _first_call(all_parts)
+        _warm_up(flat)
+        all_parts()
         state.position += steps
         return StepOutputs(tokens, logp_model, logp_sample, logits if keep_logits else None)
 
