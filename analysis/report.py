@@ -12,7 +12,6 @@ import json
 import logging
 import os
 import sys
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -20,7 +19,7 @@ import analysis
 from analysis.export import to_markdown
 from analysis.results import default_runs_dir, load_results
 from analysis.tables import workshop_table
-from study.files import file_mode
+from study.files import write_atomic
 
 PROJECT_ROOT = Path(analysis.__file__).resolve().parents[1]
 TEMPLATE = PROJECT_ROOT / "reports" / "study_report.ipynb"
@@ -70,11 +69,7 @@ def ensure_kernel() -> str:
             if path.is_file() and json.loads(path.read_text()).get("argv") == spec["argv"]:
                 return name
             folder.mkdir(parents=True, exist_ok=True)
-            descriptor, temporary = tempfile.mkstemp(dir=folder, suffix=".tmp")
-            os.fchmod(descriptor, file_mode())
-            with os.fdopen(descriptor, "w") as handle:
-                json.dump(spec, handle, indent=1)
-            os.replace(temporary, path)
+            write_atomic(path, json.dumps(spec, indent=1).encode())
             return name
         except (OSError, json.JSONDecodeError):
             continue

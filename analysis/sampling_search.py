@@ -220,7 +220,7 @@ def search(settings: SearchSettings) -> tuple[pd.DataFrame, Path]:
 def main(argv: list[str]) -> int:
     from study.training.checkpoint import CheckpointError
     from study.data import DataError
-    from study.generation.generator import GenerationError
+    from study.errors import GenerationError
     try:
         settings = parse_settings(argv)
         table, out = search(settings)

@@ -24,7 +24,7 @@ def _train(argv):
 
 
 def _generate(argv):
-    from study.generation.generator import main
+    from study.generation.command import main
     return main(argv)
 
 

@@ -5,6 +5,7 @@ import errno
 import os
 import re
 import secrets
+import shutil
 import tempfile
 from pathlib import Path
 
@@ -129,3 +130,47 @@ def inside(root: Path, path: Path, what: str) -> Path:
     if resolved != base and base not in resolved.parents:
         raise ConfigError(f"{what} resolves to {resolved}, outside {base}; choose a name inside {base}")
     return resolved
+
+
+class OccupiedError(FileExistsError):
+    """The destination of a StagingFolder is a file or a folder with something in it."""
+
+
+class StagingFolder:
+    """A temporary sibling folder `.NAME.tmp-*`, renamed onto `path` once everything is written in it.
+
+    Made at once, so an occupied or unwritable destination fails before any work: OccupiedError if
+    `path` is a file or a non-empty folder (an empty one is replaced), OSError if it cannot be made.
+    Nothing existing is ever overwritten. As a context manager it yields the temporary folder,
+    commits when the block succeeds and discards the temporary folder when it raises.
+    """
+
+    def __init__(self, path: Path | str):
+        self.path = Path(path).expanduser()
+        if self.path.exists() and (not self.path.is_dir() or any(self.path.iterdir())):
+            raise OccupiedError(f"{self.path} already exists and is not an empty folder")
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self.temporary = make_temporary_folder(self.path.parent, prefix=f".{self.path.name}.tmp-")
+
+    def commit(self) -> Path:
+        if self.path.is_dir():
+            self.path.rmdir()  # empty (checked at start); fails loudly if something appeared meanwhile
+        os.rename(self.temporary, self.path)
+        return self.path
+
+    def discard(self) -> None:
+        shutil.rmtree(self.temporary, ignore_errors=True)
+
+    def __enter__(self) -> Path:
+        return self.temporary
+
+    def __exit__(self, kind, error, traceback) -> bool:
+        if kind is None:
+            try:
+                self.commit()
+            except BaseException:
+                self.discard()
+                raise
+        else:
+            self.discard()
+        return False

@@ -6,6 +6,7 @@ compose) and never mixes a study folder with another definition of the study.
 """
 
 import hashlib
+import io
 import json
 import logging
 import os
@@ -26,7 +27,7 @@ from omegaconf import OmegaConf
 
 from study.config import CONFIG_DIR, compose_config
 from study.errors import ConfigError, StudyDefinitionError, StudyError
-from study.files import check_writable, checked_name, folder_mode
+from study.files import check_writable, checked_name, folder_mode, write_atomic
 from study.migrate import adopt_moved_run
 from study.progress import ProgressMonitor, ProgressWriter, Watched
 from study.records import (BEST_CHECKPOINT, CHECKPOINT_FOLDER, DEFAULT_METRIC, DEFAULT_MODE, FINAL_METRICS,
@@ -327,9 +328,9 @@ def result_row(study: Study, trial: Trial, error: str | None = None) -> dict:
 
 def write_results(folder: Path, study: Study, trials: list[Trial], errors: dict[str, str]) -> pd.DataFrame:
     table = pd.DataFrame([result_row(study, trial, errors.get(trial.label)) for trial in trials])
-    temporary = folder / f".{RESULTS_FILE}.tmp"
-    table.to_parquet(temporary, index=False)
-    os.replace(temporary, folder / RESULTS_FILE)
+    buffer = io.BytesIO()
+    table.to_parquet(buffer, index=False)
+    write_atomic(folder / RESULTS_FILE, buffer.getvalue())
     return table
 
 

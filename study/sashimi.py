@@ -4,7 +4,9 @@ Reads top to bottom: config, norms, residual blocks, pooling, backbone, token mo
 `forward` (parallel) and `step` (one sample) live together and must give the same logits.
 """
 
-from dataclasses import asdict, dataclass, field
+import itertools
+import math
+from dataclasses import asdict, dataclass, field, fields
 
 import torch
 import torch.nn as nn
@@ -13,6 +15,7 @@ import torch.utils.checkpoint
 
 from study import validation
 from study.errors import ConfigError
+from study.recurrent_state import RecurrentState
 from study.s4.layer import ChannelLinear, S4Block, S4LayerSettings, mark_optim
 
 
@@ -145,31 +148,32 @@ class FeedForward(nn.Module):
 
 
 class ResidualBlock(nn.Module):
-    """Prenorm residual: x + layer(norm(x)). The layer is an S4Block (stateful) or FeedForward."""
+    """Prenorm residual: x + layer(norm(x)). The layer is an S4Block (stateful: its memory is
+    RecurrentState.memory[state_index], fixed at construction as mamba's layer_idx) or FeedForward."""
 
-    def __init__(self, layer: nn.Module, norm: nn.Module):
+    def __init__(self, layer: nn.Module, norm: nn.Module, state_index: int | None = None):
         super().__init__()
         self.norm, self.layer = norm, layer
         self.stateful = isinstance(layer, S4Block)
+        self.state_index = state_index
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return x + self.layer(self.norm(x))
 
-    def step(self, x: torch.Tensor, memory, params):
+    def step(self, x: torch.Tensor, state: RecurrentState) -> torch.Tensor:
+        """(B, H) -> (B, H); an S4 layer advances its memory in `state` in place."""
         y = self.norm(x.unsqueeze(-1)).squeeze(-1)
         if self.stateful:
-            y, memory = self.layer.step(y, memory, params)
+            y = self.layer.step(y, state.memory[self.state_index], state.step_parameters[self.state_index])
         else:
             y = self.layer(y)
-        return x + y, memory
+        return x + y
 
 
 # -- pooling -----------------------------------------------------------------------------------------
 class DownPool(nn.Module):
     """(B, H, L*s) -> regroup (B, H*s, L) -> weight-normed linear -> (B, H_out, L).
-
-    Step mode buffers `stride` inputs and emits one output when the group is full.
-    """
+    Step: each sample fills one slot of a (B, H, s) buffer; the full group emits one output."""
 
     def __init__(self, channels: int, out_channels: int, stride: int):
         super().__init__()
@@ -181,20 +185,21 @@ class DownPool(nn.Module):
         x = x.view(batch, channels, length // self.stride, self.stride).transpose(2, 3)
         return self.linear(x.reshape(batch, channels * self.stride, length // self.stride))
 
-    def step(self, x: torch.Tensor, buffer: list) -> tuple[torch.Tensor | None, list]:
-        buffer = buffer + [x]
-        if len(buffer) < self.stride:
-            return None, buffer
-        grouped = torch.stack(buffer, dim=-1).flatten(1)  # (B, H*s), h major
-        return self.linear(grouped), []
+    def allocate_inference_cache(self, batch_size: int, device) -> torch.Tensor:
+        """The inputs of the group being filled: (B, H, stride)."""
+        return torch.zeros(batch_size, self.linear.weight.shape[1] // self.stride, self.stride, device=device)
+
+    def step(self, x: torch.Tensor, buffer: torch.Tensor, slot: int) -> torch.Tensor | None:
+        """x (B, H) into `slot` of buffer (B, H, s); at the group's last slot (B, H_out), else None."""
+        buffer[:, :, slot] = x
+        if slot < self.stride - 1:
+            return None
+        return self.linear(buffer.flatten(1))  # (B, H*s), h major as in forward
 
 
 class UpPool(nn.Module):
     """(B, H_in, L) -> linear to H_out*s -> shift right one pooled step (causal) -> (B, H_out, L*s).
-
-    Step mode emits the buffered outputs of the previous group, one per sample, and refills the
-    buffer from the coarse input when it runs out.
-    """
+    Step: emits the previous group's outputs from a (B, H_out, s) buffer, one slot per sample."""
 
     def __init__(self, channels: int, out_channels: int, stride: int):
         super().__init__()
@@ -208,15 +213,17 @@ class UpPool(nn.Module):
         x = x.view(batch, self.out_channels, self.stride, length).transpose(2, 3)
         return x.reshape(batch, self.out_channels, length * self.stride)
 
-    def initial_buffer(self, batch_size: int, device) -> list:
-        return [torch.zeros(batch_size, self.out_channels, device=device) for _ in range(self.stride)]
+    def allocate_inference_cache(self, batch_size: int, device) -> torch.Tensor:
+        """The outputs of the previous group, zero before the first: (B, H_out, stride)."""
+        return torch.zeros(batch_size, self.out_channels, self.stride, device=device)
 
-    def step(self, x: torch.Tensor | None, buffer: list) -> tuple[torch.Tensor, list]:
-        y, buffer = buffer[0], buffer[1:]
-        if not buffer:
-            expanded = self.linear(x).view(-1, self.out_channels, self.stride)
-            buffer = list(expanded.unbind(-1))
-        return y, buffer
+    def step(self, x: torch.Tensor | None, buffer: torch.Tensor, slot: int) -> torch.Tensor:
+        """The previous group's output for `slot`, (B, H_out); at the group's last slot the coarse
+        input x (B, H_in) of this sample refills the buffer for the next group."""
+        y = buffer[:, :, slot].clone()
+        if slot == self.stride - 1:
+            buffer.copy_(self.linear(x).view(-1, self.out_channels, self.stride))  # (B, H_out, s)
+        return y
 
 
 # -- backbone ----------------------------------------------------------------------------------------
@@ -228,10 +235,13 @@ class SaShiMiBackbone(nn.Module):
         settings = config.layer_settings()
         channels, length = config.d_model, config.l_max
 
+        state_indices = itertools.count()  # S4 block i keeps RecurrentState.memory[i]
+
         def stage(width: int, stage_length: int) -> list[nn.Module]:
             blocks = []
             for _ in range(config.n_layers):
-                blocks.append(ResidualBlock(S4Block(width, stage_length, settings), make_norm(config.norm, width)))
+                blocks.append(ResidualBlock(S4Block(width, stage_length, settings), make_norm(config.norm, width),
+                                            state_index=next(state_indices)))
                 if config.ff > 0:
                     blocks.append(ResidualBlock(FeedForward(width, config.ff, config.dropout),
                                                 make_norm(config.norm, width)))
@@ -261,68 +271,80 @@ class SaShiMiBackbone(nn.Module):
         """(B, H, L) -> (B, L, H)."""
         skips = [x]
         for pool in self.down_pools:
-            x = pool(x)
+            x = pool(x)                            # (B, H_l, L_l) -> (B, H_l * expand, L_l / stride)
             skips.append(x)
         for block in self.centre:
-            x = self._block(block, x)
+            x = self._block(block, x)              # (B, H_D, L_D)
         x = x + skips.pop()
         for up_stage in self.up_stages:
-            x = up_stage[0](x) + skips.pop()
+            x = up_stage[0](x) + skips.pop()       # (B, H_l, L_l) -> (B, H_l / expand, L_l * stride)
             skips.append(x)
             for block in up_stage[1:]:
                 x = self._block(block, x)
             x = x + skips.pop()
-        return self.final_norm(x.transpose(1, 2))
+        return self.final_norm(x.transpose(1, 2))  # (B, L, H)
 
+    # -- recurrent face ------------------------------------------------------------------------------
     def stateful_blocks(self) -> list[ResidualBlock]:
+        """The S4 blocks in network order (centre, then the up stages): block i keeps memory[i]."""
         blocks = list(self.centre) + [b for stage in self.up_stages for b in stage[1:]]
-        return [b for b in blocks if b.stateful]
+        return sorted((b for b in blocks if b.stateful), key=lambda b: b.state_index)
 
-    def initial_state(self, batch_size: int, device) -> dict:
-        return {
-            "down": [[] for _ in self.down_pools],
-            "up": [stage[0].initial_buffer(batch_size, device) for stage in self.up_stages],
-            "memory": {id(b): b.layer.initial_memory(batch_size) for b in self.stateful_blocks()},
-            "params": {id(b): b.layer.step_parameters() for b in self.stateful_blocks()},
-        }
+    def stage_blocks(self, level: int) -> list[ResidualBlock]:
+        """The blocks of pooling level `level` (0: the outermost up stage, len(pool): the centre)."""
+        depth = len(self.down_pools)
+        return list(self.centre) if level == depth else list(self.up_stages[depth - 1 - level])[1:]
 
-    def _run_blocks(self, blocks, x, state):
-        for block in blocks:
-            key = id(block)
-            if block.stateful:
-                x, state["memory"][key] = block.step(x, state["memory"][key], state["params"][key])
-            else:
-                x, _ = block.step(x, None, None)
-        return x
+    def up_pool(self, level: int) -> UpPool:
+        return self.up_stages[len(self.down_pools) - 1 - level][0]
 
-    def step(self, x: torch.Tensor, state: dict) -> torch.Tensor:
-        """(B, H) -> (B, H); updates `state` (pool buffers and SSM memories) in place."""
-        skips = []
-        for level, pool in enumerate(self.down_pools):
-            skips.append(x)
-            x, state["down"][level] = pool.step(x, state["down"][level])
-            if x is None:
-                break
-        if x is not None:
-            skips.append(x)
-            x = self._run_blocks(self.centre, x, state) + skips.pop()
-        # Stages whose coarse input has not changed this sample are skipped (their pools still emit).
-        first_stage = len(self.down_pools) - len(skips) if x is None else 0
-        for index in range(first_stage, len(self.up_stages)):
-            up_stage = self.up_stages[index]
-            y, state["up"][index] = up_stage[0].step(x, state["up"][index])
-            x = y + skips.pop()
-            skips.append(x)
-            x = self._run_blocks(up_stage[1:], x, state) + skips.pop()
+    def pool_slot(self, level: int, phase: int) -> int:
+        """Which slot of level `level`'s pool groups sample `phase` (= position mod total_pool) fills."""
+        period = math.prod(pool.stride for pool in self.down_pools[:level])
+        return (phase // period) % self.down_pools[level].stride
+
+    def completed_pools(self, phase: int) -> int:
+        """How many pools, outermost first, complete a group at sample `phase`: the stages inside them
+        run at this sample, the deeper ones wait (their up pools keep emitting the previous group)."""
+        full = [self.pool_slot(level, phase) == pool.stride - 1 for level, pool in enumerate(self.down_pools)]
+        return full.index(False) if False in full else len(full)
+
+    def allocate_inference_cache(self, batch_size: int, device) -> RecurrentState:
+        """Zero state for `batch_size` streams and a snapshot of the S4 step matrices of the weights."""
+        blocks = self.stateful_blocks()
+        return RecurrentState(
+            down=[pool.allocate_inference_cache(batch_size, device) for pool in self.down_pools],
+            up=[self.up_pool(level).allocate_inference_cache(batch_size, device)
+                for level in range(len(self.down_pools))],
+            memory=[block.layer.allocate_inference_cache(batch_size) for block in blocks],
+            step_parameters=[block.layer.step_parameters() for block in blocks])
+
+    def step(self, x: torch.Tensor, state: RecurrentState, phase: int) -> torch.Tensor:
+        """(B, H) -> (B, H) for sample `phase` (= position mod total_pool); `state` changes in place.
+
+        The same sequence of tensor operations for every sample of the same phase, whatever the data,
+        so one pooling period of it can be captured in a CUDA graph."""
+        depth, reached = len(self.down_pools), self.completed_pools(phase)
+        skips = [x]                                                     # level l input: (B, H_l)
+        for level in range(min(reached + 1, depth)):                    # pools keep x; completed ones emit
+            pooled = self.down_pools[level].step(x, state.down[level], self.pool_slot(level, phase))
+            if pooled is not None:
+                x = pooled                                              # (B, H_{l+1})
+                skips.append(x)
+        if reached == depth:
+            x = self._stage_step(depth, x, state)                       # centre: (B, H_D)
+        for level in reversed(range(min(reached, depth - 1) + 1)):
+            # x: this sample's output of the level below (B, H_{l+1}); it refills the up pool's group
+            x = self.up_pool(level).step(x, state.up[level], self.pool_slot(level, phase)) + skips[level]
+            x = self._stage_step(level, x, state)                       # (B, H_l)
         return self.final_norm(x)
 
-
-@dataclass
-class RecurrentState:
-    """Everything `SaShiMi.step` needs between samples. `init_state` snapshots the discretised step
-    matrices of the current weights: make a new state after changing the weights."""
-    backbone: dict
-    position: int = 0
+    def _stage_step(self, level: int, x: torch.Tensor, state: RecurrentState) -> torch.Tensor:
+        """The residual blocks of one stage, plus the stage's own skip: (B, H_l) -> (B, H_l)."""
+        y = x
+        for block in self.stage_blocks(level):
+            y = block.step(y, state)
+        return y + x
 
 
 class SaShiMi(nn.Module):
@@ -341,16 +363,17 @@ class SaShiMi(nn.Module):
         return self.decoder(self.backbone(x))
 
     @torch.no_grad()
-    def init_state(self, batch_size: int) -> RecurrentState:
-        device = self.decoder.weight.device
-        return RecurrentState(backbone=self.backbone.initial_state(batch_size, device))
+    def allocate_inference_cache(self, batch_size: int) -> RecurrentState:
+        """The recurrent state of `batch_size` fresh streams, on the model's device."""
+        return self.backbone.allocate_inference_cache(batch_size, self.decoder.weight.device)
 
     @torch.no_grad()
-    def step(self, token: torch.Tensor, state: RecurrentState) -> tuple[torch.Tensor, RecurrentState]:
-        """token (B,) int64 -> logits (B, n_classes), the state advanced by one sample."""
-        x = self.backbone.step(self.encoder(token), state.backbone)
+    def step(self, token: torch.Tensor, state: RecurrentState) -> torch.Tensor:
+        """token (B,) int64 -> logits (B, n_classes); `state` advances one sample in place."""
+        phase = state.position % self.config.total_pool
+        x = self.backbone.step(self.encoder(token), state, phase)     # (B, d_model)
         state.position += 1
-        return self.decoder(x), state
+        return self.decoder(x)
 
 
 def __getattr__(name: str):

@@ -14,7 +14,7 @@ from study.command_args import parse_key_values
 from study.config import CONFIG_DIR, StudyConfig, compose_config, default_values, model_preset, settings_from
 from study.data.settings import DataSettings
 from study.errors import ConfigError
-from study.generation.generator import GenerateConfig
+from study.generation.command import GenerateConfig
 from study.sashimi import ModelConfig
 from study.training.experiment import load_experiment
 from study.training.settings import TrainSettings

@@ -77,18 +77,20 @@ def assert_step_matches_forward(model, length, batch_size=1, tolerance=1e-4):
     tokens = torch.randint(0, model.config.n_classes, (batch_size, length))
     with torch.no_grad():
         expected = model(tokens)
-    state = model.init_state(batch_size)
+    state = model.allocate_inference_cache(batch_size)
+    storage = [tensor.data_ptr() for tensor in state.batched()]
     outputs = []
     threads = torch.get_num_threads()
     torch.set_num_threads(1)  # one-sample ops gain nothing from threads and stall when a core is busy
     try:
         for t in range(length):
-            logits, state = model.step(tokens[:, t], state)
-            outputs.append(logits)
+            outputs.append(model.step(tokens[:, t], state))
     finally:
         torch.set_num_threads(threads)
     error = (torch.stack(outputs, 1) - expected).abs().max().item()
     assert error <= tolerance, f"max |step - forward| = {error}"
+    assert [tensor.data_ptr() for tensor in state.batched()] == storage  # updated in place, never reallocated
+    assert state.position == length
 
 
 def perturb_(model, scale=0.1):

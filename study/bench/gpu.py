@@ -26,7 +26,7 @@ from study.bench.gpu_report import (GENERATION_FIELDS, TRAINING_FIELDS, complete
                                     write_report)
 from study.bench.train import measure_train_step
 from study.errors import ConfigError
-from study.generation.engines.selection import describe, make_engine
+from study.generation.engines.selection import make_engine
 from study.generation.sampling import SamplingSettings
 from study.sashimi import build_model
 
@@ -276,7 +276,7 @@ class Check:
                         result = measure_generation(engine, batch, plan.generation_seconds, plan.generation_minimum_steps,
                                                     SamplingSettings())
                         difference = gpu_checks.graph_vs_step_difference(model, batch, plan.logit_steps, self.device)
-                        case.update(status="ok", reason=None, engine=describe(engine), steps=result["steps"],
+                        case.update(status="ok", reason=None, engine=engine.describe(), steps=result["steps"],
                                     samples_per_second_per_stream=result["samples_per_second_per_stream"],
                                     samples_per_second_summed=result["samples_per_second_summed"],
                                     real_time_factor_per_stream=result["samples_per_second_per_stream"] / SAMPLE_RATE,

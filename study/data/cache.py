@@ -7,13 +7,13 @@ except its own temporary folders, and never exposes a half-built folder under it
 import hashlib
 import json
 import logging
-import os
-import secrets
 import shutil
 from collections.abc import Callable
 from pathlib import Path
 
 from filelock import FileLock, Timeout
+
+from study.files import StagingFolder, write_atomic
 
 log = logging.getLogger(__name__)
 HASH_ALGORITHM = "sha256"
@@ -25,7 +25,7 @@ def build_once(target: Path, build: Callable[[Path], None]) -> bool:
 
     Protocol: if target exists it is complete (it only ever appears by rename). Otherwise take
     <target>.lock, check again, remove stale temporaries left by killed builds, build into
-    .<target>.tmp-<pid>-<random> next to target, and os.rename it (atomic on one file system).
+    a StagingFolder next to target (.<target>.tmp-*), renamed onto it (atomic on one file system).
     A second process blocks on the lock, then finds target and reuses it. If build raises, the
     temporary folder is removed and the error propagates.
     """
@@ -43,14 +43,8 @@ def build_once(target: Path, build: Callable[[Path], None]) -> bool:
             return False
         for stale in target.parent.glob(f".{target.name}.tmp-*"):
             shutil.rmtree(stale, ignore_errors=True)
-        temporary = target.parent / f".{target.name}.tmp-{os.getpid()}-{secrets.token_hex(4)}"
-        temporary.mkdir()
-        try:
+        with StagingFolder(target) as temporary:
             build(temporary)
-            os.rename(temporary, target)
-        except BaseException:
-            shutil.rmtree(temporary, ignore_errors=True)
-            raise
         return True
     finally:
         lock.release()
@@ -83,7 +77,5 @@ def file_hashes(paths: list[Path], memo_path: Path | None = None) -> list[str]:
         hashes.append(memo[key])
     if changed and memo_path is not None:
         memo_path.parent.mkdir(parents=True, exist_ok=True)
-        temporary = memo_path.with_name(f".{memo_path.name}.{os.getpid()}-{secrets.token_hex(4)}")
-        temporary.write_text(json.dumps(memo, indent=0, sort_keys=True))
-        os.replace(temporary, memo_path)
+        write_atomic(memo_path, json.dumps(memo, indent=0, sort_keys=True).encode())
     return hashes

@@ -255,16 +255,17 @@ class S4Block(nn.Module):
         y = fft_convolution(x, kernel) + x * self.D.unsqueeze(-1)  # (B, H, L)
         return self._after_convolution(y)
 
-    def step_parameters(self) -> dict:
+    def step_parameters(self) -> dict[str, torch.Tensor]:
         return self.kernel.step_parameters()
 
-    def initial_memory(self, batch_size: int) -> torch.Tensor:
-        return self.kernel.initial_memory(batch_size)
+    def allocate_inference_cache(self, batch_size: int) -> torch.Tensor:
+        return self.kernel.initial_memory(batch_size)  # (B, H, N/2) complex64, zero
 
-    def step(self, x: torch.Tensor, memory, params) -> tuple[torch.Tensor, torch.Tensor]:
-        y, memory = self.kernel.step(x, memory, params)
-        y = y + x * self.D
-        return self._after_convolution(y.unsqueeze(-1)).squeeze(-1), memory
+    def step(self, x: torch.Tensor, memory: torch.Tensor, params: dict) -> torch.Tensor:
+        """x (B, H) -> y (B, H); `memory` (B, H, N/2) advances one sample in place."""
+        y, advanced = self.kernel.step(x, memory, params)
+        memory.copy_(advanced)
+        return self._after_convolution((y + x * self.D).unsqueeze(-1)).squeeze(-1)
 
 
 class ChannelLinear(nn.Module):

@@ -6,11 +6,14 @@ import numpy as np
 import pytest
 import torch
 
-from study.generation.engines import numba_engine as fs
-from study.generation.engines.selection import StepEngine, make_engine
-from study.generation.engines.numba_kernels import gelu_array, sigmoid_array
-from study.generation.engines.numba_engine import FastEngine, export_plan, ssm_matrices
-from study.generation.engines.cuda_graph import TensorEngine
+from study.generation.engines.cuda_graph import GraphEngine
+from study.generation.engines.numba_engine import FastEngine
+from study.generation.engines.numba_math import gelu_array, sigmoid_array
+from study.generation.engines.numba_plan import S4Plan, network_plan, ssm_matrices
+from study.generation.engines.numba_sampler import exp_nonpositive, sample_one
+from study.generation.engines.protocol import Engine
+from study.generation.engines.selection import make_engine
+from study.generation.engines.step import StepEngine
 from study.s4.layer import DPLRKernel
 from study.generation.sampling import SamplingSettings, sample, stream_keys, uniforms
 from study.sashimi import build_model
@@ -60,11 +63,11 @@ VARIANTS = [dict(), dict(norm="layer_norm"), dict(ssm_mode="diag", ssm_init="dia
 
 
 @pytest.mark.parametrize("overrides", VARIANTS)
-@pytest.mark.parametrize("engine_class", [FastEngine, TensorEngine])
+@pytest.mark.parametrize("engine_class", [FastEngine, GraphEngine])
 def test_engines_equal_forward_for_model_variants(overrides, engine_class):
     model = small_model(**overrides)
     # batch 3: the stream-pair loops and their odd remainder; 128 samples = 8 periods of the 16x pooling
-    assert_engine_matches_forward(model, engine_class(model), 128 if engine_class is TensorEngine else 256, batch_size=3)
+    assert_engine_matches_forward(model, engine_class(model), 128 if engine_class is GraphEngine else 256, batch_size=3)
 
 
 SAMPLINGS = [SamplingSettings(), SamplingSettings(temperature=0.8, top_k=20, top_p=0.9),
@@ -97,9 +100,9 @@ def test_fast_sampler_equals_the_reference_sampler_on_random_logits():
     for settings in SAMPLINGS + [SamplingSettings(top_p=0.01), SamplingSettings(temperature=0.5, top_k=256)]:
         reference = sample(torch.from_numpy(logits), settings, torch.from_numpy(u))
         for row in range(len(logits)):
-            token, logp_model, logp_sample = fs._sample_one(logits[row], 256, settings.temperature, settings.top_k,
-                                                            settings.top_p, u[row], shifted, weights, exponents,
-                                                            candidates)
+            token, logp_model, logp_sample = sample_one(logits[row], 256, settings.temperature, settings.top_k,
+                                                        settings.top_p, u[row], shifted, weights, exponents,
+                                                        candidates)
             assert token == reference.tokens[row].item(), (settings, row)
             assert abs(logp_model - reference.logp_model[row].item()) < 1e-9
             assert abs(logp_sample - reference.logp_sample[row].item()) < 1e-9
@@ -148,6 +151,39 @@ def test_step_engine_select_matches_fast_engine_select():
     assert np.array_equal(*results)
 
 
+@pytest.mark.parametrize("backend", ["step", "numba", "graph"])
+def test_streams_joined_between_runs_continue_as_one_batch(backend):
+    """join: streams primed apart (one, then two) and joined continue exactly as if batched from the start."""
+    model = small_model()
+    engine = make_engine(model, backend)
+    assert isinstance(engine, Engine) and engine.describe().startswith(f"backend {backend}")
+    keys = stream_keys(4, range(3))
+    prompt = np.random.default_rng(4).integers(0, 256, (3, 19))
+    together = engine.new_state(3)
+    engine.run(together, np.full(3, 128), prompt, keys, 0, SamplingSettings())
+    expected = engine.run(together, prompt[:, -1], np.full((3, 37), -1), keys, 0, SamplingSettings())
+    first, second = engine.new_state(1), engine.new_state(2)
+    engine.run(first, np.full(1, 128), prompt[:1], keys[:1], 0, SamplingSettings())
+    engine.run(second, np.full(2, 128), prompt[1:], keys[1:], 0, SamplingSettings())
+    joined = engine.join([first, second])
+    assert (joined.batch_size, joined.position) == (3, 19)
+    out = engine.run(joined, prompt[:, -1], np.full((3, 37), -1), keys, 0, SamplingSettings())
+    assert np.array_equal(out.tokens, expected.tokens)
+    assert np.allclose(out.logp_model, expected.logp_model, atol=1e-6)
+
+
+def test_join_refuses_streams_at_different_phases():
+    model = small_model()
+    engine = make_engine(model, "numba")
+    early, late = engine.new_state(1), engine.new_state(1)
+    engine.run(late, np.full(1, 128), np.full((1, 5), 7), stream_keys(0, [0]), 0, SamplingSettings())
+    with pytest.raises(ValueError, match="phases \\[0, 5\\]"):
+        engine.join([early, late])
+    late_again = engine.new_state(1)
+    engine.run(late_again, np.full(1, 128), np.full((1, 16), 7), stream_keys(0, [0]), 0, SamplingSettings())
+    assert engine.join([late_again, early]).position == 16  # same phase: the batch keeps the first's position
+
+
 def test_ssm_matrices_reproduce_the_dplr_step():
     """The folded step x' = F x - G_p Re(M.x) + G u, y = Re(C.x') against DPLRKernel.step (complex128)."""
     kernel = DPLRKernel(4, 16, 256)
@@ -171,24 +207,30 @@ def test_vectorised_nonlinearities_match_torch():
     assert (torch.from_numpy(sigmoid_array(x.numpy())) - torch.sigmoid(x.double())).abs().max() < 1e-7
     values = -np.linspace(0, 700, 100001)
     out, exponents = np.empty_like(values), np.empty(len(values), np.int64)
-    fs._exp_nonpositive(values, out, exponents, len(values))
+    exp_nonpositive(values, out, exponents, len(values))
     assert np.max(np.abs(out / np.exp(values) - 1)) < 1e-13
 
 
-def test_plan_state_is_the_recurrent_state_size():
+def test_plan_names_every_block_and_state_is_the_recurrent_state_size():
     model = small_model()
-    plan = export_plan(model)
+    plan = network_plan(model)
+    # levels outermost first, the centre last; each holds its stage's blocks in the model's order
+    assert [level.stride for level in plan.levels] == [4, 4, 0]
+    assert [len(level.blocks) for level in plan.levels] == [2, 2, 2]
+    assert all(isinstance(level.blocks[0], S4Plan) for level in plan.levels)
+    assert plan.completed.tolist() == [model.backbone.completed_pools(phase) for phase in range(16)]
+    assert plan.completed.tolist() == [0, 0, 0, 1] * 3 + [0, 0, 0, 2]
     # per S4 block 2 * H * N/2 floats; per pooling level two buffers of H * stride
     expected = sum(2 * b.layer.kernel.channels * b.layer.kernel.half_state for b in model.backbone.stateful_blocks())
     expected += sum(2 * 16 * 2 ** level * 4 for level in range(2))
-    assert plan.state_size == expected
+    assert FastEngine(model).state_size == expected
 
 
 @pytest.mark.cuda
 @pytest.mark.parametrize("preset", ["sashimi-2", "sashimi-8"])
 def test_cuda_graph_engine_equals_forward_and_repeats_itself(preset):
     model = perturb_(build_model(preset, l_max=2048).eval()).cuda()
-    engine = TensorEngine(model, "cuda")
+    engine = GraphEngine(model, "cuda")
     assert engine.use_graphs
     tokens = torch.randint(0, 256, (2, 2048))
     with torch.no_grad():
@@ -198,3 +240,25 @@ def test_cuda_graph_engine_equals_forward_and_repeats_itself(preset):
     runs = [engine.run(engine.new_state(4), np.full(4, 128), np.full((4, 1000), -1), keys, 0, SamplingSettings(top_p=0.9))
             for _ in range(2)]
     assert np.array_equal(runs[0].tokens, runs[1].tokens)
+
+
+@pytest.mark.cuda
+@pytest.mark.parametrize("sampling", [SamplingSettings(temperature=0), SamplingSettings(top_p=0.9)])
+def test_cuda_graph_replays_draw_the_tokens_of_the_eager_model_step(sampling):
+    """The captured graphs replay `model.step` itself: the same tokens as the same step run eagerly on
+    the same device, across a head that is not period-aligned, whole periods and a tail, and a join."""
+    model = small_model().cuda()
+    graphs, eager = GraphEngine(model, "cuda"), StepEngine(model, "cuda")
+    assert graphs.use_graphs
+    keys = stream_keys(9, range(3))
+    prompt = np.random.default_rng(9).integers(0, 256, (3, 21))  # 21: the continuation starts mid-period
+    runs = []
+    for engine in (graphs, eager):
+        parts = [engine.new_state(1), engine.new_state(2)]
+        engine.run(parts[0], np.full(1, 128), prompt[:1], keys[:1], 0, sampling)
+        engine.run(parts[1], np.full(2, 128), prompt[1:], keys[1:], 0, sampling)
+        state = engine.join(parts)
+        runs.append(engine.run(state, prompt[:, -1], np.full((3, 203), -1), keys, 0, sampling))
+    assert graphs.capture_error is None
+    assert np.array_equal(runs[0].tokens, runs[1].tokens)
+    assert np.allclose(runs[0].logp_model, runs[1].logp_model, atol=1e-4)

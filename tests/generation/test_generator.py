@@ -12,7 +12,9 @@ from study import cli
 from study.training.checkpoint import CheckpointError, model_payload, save_checkpoint
 from study.data.audio_io import load_audio
 from study.data.quantize import decode, tokenize, zero_token
-from study.generation.generator import Generator, GenerationError, main
+from study.errors import GenerationError
+from study.generation.command import main
+from study.generation.generator import Generator
 from study.generation.sampling import SamplingSettings
 from study.sashimi import build_model
 
@@ -193,12 +195,12 @@ def test_split_prompts_come_from_the_prepared_windows(workspace, tmp_path):
 
 
 def test_a_failure_while_writing_leaves_no_output(workspace, tmp_path, monkeypatch):
-    import study.generation.generator as generate
+    import study.generation.outputs as outputs
 
     def broken(*args, **kwargs):
         raise RuntimeError("disk full")
 
-    monkeypatch.setattr(generate, "write_spectrogram", broken)
+    monkeypatch.setattr(outputs, "write_spectrogram", broken)
     with pytest.raises(RuntimeError, match="disk full"):
         main([f"checkpoint={workspace['checkpoint']}", "seconds=0.01", f"output={tmp_path / 'out'}", "progress=false"])
     assert list(tmp_path.iterdir()) == []
@@ -260,6 +262,11 @@ def test_bad_prompts_are_refused_with_the_reason(workspace, tmp_path, capsys, ki
     (["prompt=split:nope"], "split:<train|val|test>"),
     (["prompt=/no/such/file.wav"], "is not a file"),
     (["backend=fastest"], "backend='fastest' is unknown"),
+    (["prompt_seconds=-1"], "prompt_seconds=-1.0 must be > 0"),  # checked although there is no prompt
+    (["prompt_start_seconds=-2"], "prompt_start_seconds=-2.0 must be >= 0"),
+    (["prompt_windows=0"], "prompt_windows=0 must be >= 1"),
+    (["threads=-1"], "threads=-1 must be >= 0"),
+    (["n=0"], "n=0 must be >= 1"),
 ])
 def test_bad_settings_exit_2_with_the_fix(workspace, tmp_path, capsys, arguments, message):
     assert main([f"checkpoint={workspace['checkpoint']}", f"output={tmp_path / 'out'}", "progress=false",
@@ -271,7 +278,7 @@ def test_bad_settings_exit_2_with_the_fix(workspace, tmp_path, capsys, arguments
 
 def test_checkpoint_is_required(capsys):
     assert main(["seconds=1"]) == 2
-    assert "checkpoint=PATH is required" in capsys.readouterr().err
+    assert "checkpoint=... is required" in capsys.readouterr().err
 
 
 def test_bad_checkpoints_are_refused(workspace, tmp_path, capsys):
@@ -316,7 +323,7 @@ def test_api_validates_like_the_cli(generator):
 
 
 def test_audio_is_decoded_with_the_checkpoints_quantizer():
-    from study.generation.generator import AudioFormat
+    from study.generation.prompts import AudioFormat
     tokens = np.arange(256)
     official = AudioFormat.from_payload({"data_config": DATA}, "x.pt")
     assert official.quantizer == "official"

@@ -105,9 +105,8 @@ def test_s4_block_step_equals_forward(mode, init):
     perturb_(block)
     x = torch.randn(2, 8, 64)
     expected = block(x)
-    params, memory = block.step_parameters(), block.initial_memory(2)
-    outputs = []
-    for t in range(64):
-        y, memory = block.step(x[..., t], memory, params)
-        outputs.append(y)
+    params, memory = block.step_parameters(), block.allocate_inference_cache(2)
+    storage = memory.data_ptr()
+    outputs = [block.step(x[..., t], memory, params) for t in range(64)]
     assert torch.allclose(torch.stack(outputs, -1), expected, atol=1e-5)
+    assert memory.data_ptr() == storage and memory.abs().sum() > 0  # advanced in place

@@ -18,7 +18,7 @@ import pytest
 import torch
 
 from study.config import ConfigError
-from study.files import make_temporary_folder, write_atomic
+from study.files import StagingFolder, make_temporary_folder, write_atomic
 from study.training import loop
 from study.training.checkpoint import (DIGEST_BYTES, MAGIC, CheckpointError, load_checkpoint, load_model,
                                        save_checkpoint)
@@ -227,8 +227,7 @@ def test_written_files_and_folders_follow_the_umask(tmp_path, umask, file_mode, 
     try:
         written = write_atomic(tmp_path / "run.json", b"{}")
         folder = make_temporary_folder(tmp_path, ".outputs.tmp-")
-        from study.generation.generator import OutputFolder
-        output = OutputFolder(tmp_path / "generated")
+        output = StagingFolder(tmp_path / "generated")
     finally:
         os.umask(previous)
     assert stat.S_IMODE(written.stat().st_mode) == file_mode

@@ -1,0 +1,289 @@
+"""The fused numba loop of the CPU engine: the SaShiMi recurrence and the sampler, over a flat network.
+
+`flatten` turns the named plan (`numba_plan.network_plan`) into one float32 array with tables of
+offsets whose layout is private to this module; `run_steps` advances a batch T samples with no
+Python per sample. It must draw the tokens of `SaShiMi.step` + `sampling.sample` and give the logits of
+`SaShiMi.forward` (tests/generation/test_engines.py); it never changes the model and never draws
+from global random state.
+
+Per sample only the stages the model's schedule reaches run (`SaShiMiBackbone.completed_pools`, the
+slots of `pool_slot`), in the order of `SaShiMiBackbone.step`. The S4 step is `DPLRKernel.step`
+with its two rank-1 corrections folded into one (`numba_plan.ssm_matrices`); the vectorised kernels
+live in `numba_kernels`, the sampler in `numba_sampler`; `numba_engine` runs batches as threads.
+"""
+
+import math
+from dataclasses import dataclass
+
+import numba
+import numpy as np
+
+from study.generation.engines.numba_kernels import (JIT, NORM_LAYER, NORM_TRANSPOSED, channel_norm, copy_rows,
+                                                    gelu_rows, glu_add, linear, ssm_step)
+from study.generation.engines.numba_plan import FeedForwardPlan, NetworkPlan, S4Plan
+from study.generation.engines.numba_sampler import exp_weights, largest, sample_one, uniform
+
+# -- the flat form (its layout is private to this module) ---------------------------------------------------------
+# levels[l], l = 0 (outermost, d_model channels) .. D (centre), D = len(pool)
+(_L_H, _L_STRIDE, _L_DOWN_W, _L_DOWN_B, _L_DOWN_BUF, _L_UP_W, _L_UP_B, _L_UP_BUF, _L_FIRST, _L_END,
+ _L_SKIP) = range(11)
+_LEVEL_FIELDS = 11
+# blocks[i]: one prenorm residual block
+(_B_KIND, _B_H, _B_NORM, _B_NORM_OFF, _B_SSM, _B_N2, _B_DSKIP, _B_W1, _B_B1, _B_OUT1, _B_GLU, _B_RANK1, _B_MEM,
+ _B_W2, _B_B2) = range(15)
+_BLOCK_FIELDS = 15
+_KIND_S4, _KIND_FF = 0, 1
+# head: embedding, final LayerNorm, decoder, work-row layout
+(_H_EMBED, _H_D0, _H_CLASSES, _H_FINAL_W, _H_FINAL_B, _H_DEC_W, _H_DEC_B, _H_STATE, _H_WORK, _H_CUR, _H_STAGE_IN,
+ _H_Z, _H_HA, _H_HB, _H_COARSE, _H_LOGITS, _H_LN) = range(17)
+_HEAD_FIELDS = 17
+_NORM_KINDS = {"transposed": NORM_TRANSPOSED, "layer": NORM_LAYER}
+
+
+@dataclass
+class FlatNetwork:
+    """A plan as flat arrays: `params` float32, tables of offsets into it, and state / work row sizes."""
+    params: np.ndarray       # (P,) float32, in the order the step reads them (the linear layers prefetch ahead)
+    levels: np.ndarray       # (D + 1, _LEVEL_FIELDS) int64
+    blocks: np.ndarray       # (n_blocks, _BLOCK_FIELDS) int64
+    head: np.ndarray         # (_HEAD_FIELDS,) int64
+    norm_eps: np.ndarray     # (n_blocks + 1,) float64: LayerNorm eps per block, then the final norm's
+    completed: np.ndarray    # (total_pool,) int64, the model's schedule
+    slots: np.ndarray        # (total_pool, D) int64
+    state_size: int          # floats of recurrent state per stream
+    n_classes: int
+
+
+def flatten(plan: NetworkPlan) -> FlatNetwork:
+    """The plan as the arrays `run_steps` reads (parameters in the order the step uses them)."""
+    parts, sizes = [], [0, 0]   # parameter floats, state floats
+
+    def add(array: np.ndarray) -> int:
+        flat = np.ascontiguousarray(array, dtype=np.float64).reshape(-1).astype(np.float32)
+        parts.append(flat)
+        sizes[0] += flat.size
+        return sizes[0] - flat.size
+
+    def allocate(count: int) -> int:
+        sizes[1] += count
+        return sizes[1] - count
+
+    blocks, eps = [], []
+
+    def add_block(block: S4Plan | FeedForwardPlan) -> None:
+        row = np.zeros(_BLOCK_FIELDS, np.int64)
+        row[_B_NORM], row[_B_NORM_OFF] = _NORM_KINDS[block.norm.kind], add(block.norm.parameters)
+        eps.append(block.norm.eps)
+        row[_B_H] = block.channels
+        if isinstance(block, S4Plan):
+            row[_B_KIND], row[_B_N2], row[_B_RANK1], row[_B_GLU] = _KIND_S4, block.half_state, block.rank1, block.glu
+            row[_B_SSM], row[_B_DSKIP] = add(block.matrices), add(block.skip)
+            row[_B_W1], row[_B_B1] = add(block.output_weight), add(block.output_bias)
+            row[_B_OUT1] = block.output_weight.shape[0]
+            row[_B_MEM] = allocate(2 * block.channels * block.half_state)
+        else:
+            row[_B_KIND], row[_B_OUT1] = _KIND_FF, block.weight_in.shape[0]
+            row[_B_W1], row[_B_B1] = add(block.weight_in), add(block.bias_in)
+            row[_B_W2], row[_B_B2] = add(block.weight_out), add(block.bias_out)
+        blocks.append(row)
+
+    head = np.zeros(_HEAD_FIELDS, np.int64)
+    head[_H_EMBED], head[_H_D0], head[_H_CLASSES] = add(plan.embedding), plan.embedding.shape[1], plan.n_classes
+    levels = np.zeros((len(plan.levels), _LEVEL_FIELDS), np.int64)
+    for index, level in enumerate(plan.levels):
+        levels[index, _L_H], levels[index, _L_STRIDE] = level.channels, level.stride
+        if level.stride:
+            levels[index, _L_DOWN_W], levels[index, _L_DOWN_B] = add(level.down_weight), add(level.down_bias)
+            levels[index, _L_DOWN_BUF] = allocate(level.channels * level.stride)
+            levels[index, _L_UP_W], levels[index, _L_UP_B] = add(level.up_weight), add(level.up_bias)
+            levels[index, _L_UP_BUF] = allocate(level.channels * level.stride)
+        levels[index, _L_FIRST] = len(blocks)
+        for block in level.blocks:
+            add_block(block)
+        levels[index, _L_END] = len(blocks)
+    head[_H_FINAL_W], head[_H_FINAL_B] = add(plan.final_weight), add(plan.final_bias)
+    eps.append(plan.final_eps)
+    head[_H_DEC_W], head[_H_DEC_B] = add(plan.decoder_weight), add(plan.decoder_bias)
+
+    # Work row per stream: skip inputs of every level, then the scratch vectors.
+    widest = int(levels[:, _L_H].max())
+    hidden = max([int(row[_B_OUT1]) for row in blocks] + [widest])
+    offset = 0
+    for index in range(len(plan.levels)):
+        levels[index, _L_SKIP] = offset
+        offset += int(levels[index, _L_H])
+    d0 = int(head[_H_D0])
+    for field, size in ((_H_CUR, widest), (_H_STAGE_IN, widest), (_H_Z, widest), (_H_HA, hidden), (_H_HB, hidden),
+                        (_H_COARSE, widest), (_H_LOGITS, plan.n_classes), (_H_LN, d0)):
+        head[field] = offset
+        offset += size
+    head[_H_WORK], head[_H_STATE] = offset, sizes[1]
+    block_table = np.stack(blocks) if blocks else np.zeros((0, _BLOCK_FIELDS), np.int64)
+    params = np.concatenate(parts) if parts else np.zeros(0, np.float32)
+    return FlatNetwork(params, levels, block_table, head, np.array(eps, np.float64), plan.completed, plan.slots,
+                 sizes[1], plan.n_classes)
+
+
+@numba.njit(**JIT)
+def _run_blocks(P, blocks, first, end, norm_eps, head, W, S, batch):
+    """The residual blocks [first, end) of one stage on W[:, cur]: x + layer(norm(x)) each."""
+    cur = head[_H_CUR]
+    z = head[_H_Z]
+    ha = head[_H_HA]
+    hb = head[_H_HB]
+    for index in range(first, end):
+        row = blocks[index]
+        channels = row[_B_H]
+        channel_norm(P, row[_B_NORM], row[_B_NORM_OFF], norm_eps[index], channels, W, cur, z, batch)
+        if row[_B_KIND] == _KIND_S4:
+            ssm_step(P, row[_B_SSM], row[_B_N2], channels, row[_B_RANK1], row[_B_DSKIP], W, z, ha, hb, S, row[_B_MEM], batch)
+            gelu_rows(W, ha, channels, batch)
+            if row[_B_GLU]:
+                linear(P, row[_B_W1], row[_B_B1], row[_B_OUT1], channels, W, ha, W, hb, batch, False)
+                glu_add(W, hb, channels, cur, batch)
+            else:
+                linear(P, row[_B_W1], row[_B_B1], row[_B_OUT1], channels, W, ha, W, cur, batch, True)
+        else:
+            hidden = row[_B_OUT1]
+            linear(P, row[_B_W1], row[_B_B1], hidden, channels, W, z, W, ha, batch, False)
+            gelu_rows(W, ha, hidden, batch)
+            linear(P, row[_B_W2], row[_B_B2], channels, hidden, W, ha, W, cur, batch, True)
+
+
+@numba.njit(**JIT)
+def _network_step(P, levels, blocks, head, norm_eps, completed, slots, S, position, tokens, W, batch):
+    """One sample for the batch: tokens (batch,) in, logits at W[b, head[_H_LOGITS]:] out; the stages
+    that run and the pool slots are the model's schedule at this phase (completed, slots)."""
+    depth = levels.shape[0] - 1
+    phase = position % completed.shape[0]
+    top = completed[phase]
+    d0 = head[_H_D0]
+    cur = head[_H_CUR]
+    stage_in = head[_H_STAGE_IN]
+    coarse = head[_H_COARSE]
+    embedding = P[head[_H_EMBED]:head[_H_EMBED] + head[_H_CLASSES] * d0].reshape((head[_H_CLASSES], d0))
+    skip0 = levels[0, _L_SKIP]
+    for b in range(batch):
+        row = embedding[tokens[b]]
+        x = W[b, skip0:skip0 + d0]
+        for i in range(d0):
+            x[i] = row[i]
+    # down path: level l writes its input into its pool buffer; the completed pools emit level l + 1
+    for level in range(depth):
+        channels = levels[level, _L_H]
+        stride = levels[level, _L_STRIDE]
+        slot = slots[phase, level]
+        skip = levels[level, _L_SKIP]
+        buf = levels[level, _L_DOWN_BUF]
+        for b in range(batch):
+            x = W[b, skip:skip + channels]
+            out = S[b, buf + slot * channels:buf + (slot + 1) * channels]
+            for h in range(channels):
+                out[h] = x[h]
+        if level == top:
+            break
+        linear(P, levels[level, _L_DOWN_W], levels[level, _L_DOWN_B], levels[level + 1, _L_H], channels * stride,
+                S, buf, W, levels[level + 1, _L_SKIP], batch, False)
+    # centre
+    if top == depth:
+        channels = levels[depth, _L_H]
+        skip = levels[depth, _L_SKIP]
+        copy_rows(W, skip, W, cur, channels, batch)
+        _run_blocks(P, blocks, levels[depth, _L_FIRST], levels[depth, _L_END], norm_eps, head, W, S, batch)
+        for b in range(batch):
+            x = W[b, cur:cur + channels]
+            s = W[b, skip:skip + channels]
+            out = W[b, coarse:coarse + channels]
+            for h in range(channels):
+                out[h] = x[h] + s[h]
+    # up path: every level that received a sample this step, innermost first
+    for level in range(min(top, depth - 1), -1, -1):
+        channels = levels[level, _L_H]
+        stride = levels[level, _L_STRIDE]
+        slot = slots[phase, level]
+        skip = levels[level, _L_SKIP]
+        buf = levels[level, _L_UP_BUF]
+        for b in range(batch):
+            pooled = S[b, buf + slot * channels:buf + (slot + 1) * channels]
+            x = W[b, skip:skip + channels]
+            out = W[b, cur:cur + channels]
+            kept = W[b, stage_in:stage_in + channels]
+            for h in range(channels):
+                value = pooled[h] + x[h]
+                out[h] = value
+                kept[h] = value
+        if level < top:  # the coarse output of this step refills the buffer for the next group
+            linear(P, levels[level, _L_UP_W], levels[level, _L_UP_B], channels * stride, levels[level + 1, _L_H],
+                    W, coarse, S, buf, batch, False)
+        _run_blocks(P, blocks, levels[level, _L_FIRST], levels[level, _L_END], norm_eps, head, W, S, batch)
+        for b in range(batch):
+            x = W[b, cur:cur + channels]
+            s = W[b, stage_in:stage_in + channels]
+            out = W[b, coarse:coarse + channels]
+            for h in range(channels):
+                value = x[h] + s[h]
+                x[h] = value
+                out[h] = value
+    # final LayerNorm and decoder
+    eps = norm_eps[norm_eps.shape[0] - 1]
+    ln = head[_H_LN]
+    weight = P[head[_H_FINAL_W]:head[_H_FINAL_W] + d0]
+    bias = P[head[_H_FINAL_B]:head[_H_FINAL_B] + d0]
+    for b in range(batch):
+        x = W[b, cur:cur + d0]
+        y = W[b, ln:ln + d0]
+        mean = np.float32(0.0)
+        for i in range(d0):
+            mean += x[i]
+        mean = mean / np.float32(d0)
+        var = np.float32(0.0)
+        for i in range(d0):
+            d = x[i] - mean
+            var += d * d
+        inv = np.float32(1.0 / math.sqrt(var / np.float32(d0) + eps))
+        for i in range(d0):
+            y[i] = (x[i] - mean) * inv * weight[i] + bias[i]
+    linear(P, head[_H_DEC_W], head[_H_DEC_B], head[_H_CLASSES], d0, W, ln, W, head[_H_LOGITS], batch, False)
+
+
+@numba.njit(nogil=True, **JIT)
+def run_steps(P, levels, blocks, head, norm_eps, completed, slots, S, position, first_tokens, forced, stream_keys, counter,
+              temperature, top_k, top_p, out_tokens, out_logp_model, out_logp_sample, out_logits):
+    """Advance `batch` streams by T = forced.shape[1] samples from state S (batch, state_size) at `position`.
+
+    Step t feeds token_in (first_tokens at t = 0, then the previous output token) and outputs
+    forced[b, t] when >= 0 (teacher forcing), else a sample drawn with uniform(key_b, counter + t).
+    Writes out_tokens, out_logp_model, out_logp_sample (nan where forced) and, when out_logits has
+    T rows, the logits. S is advanced in place.
+    """
+    batch = first_tokens.shape[0]
+    steps = forced.shape[1]
+    classes = head[_H_CLASSES]
+    at = head[_H_LOGITS]
+    W = np.zeros((batch, head[_H_WORK]), np.float32)
+    tokens = first_tokens.copy()
+    shifted = np.empty(classes, np.float64)
+    weights = np.empty(classes, np.float64)
+    exponents = np.empty(classes, np.int64)
+    candidates = np.empty(classes, np.int64)
+    keep_logits = out_logits.shape[1] == steps
+    for t in range(steps):
+        _network_step(P, levels, blocks, head, norm_eps, completed, slots, S, position + t, tokens, W, batch)
+        for b in range(batch):
+            logits = W[b, at:at + classes]
+            if keep_logits:
+                out_logits[b, t, :] = logits
+            if forced[b, t] >= 0:
+                token = forced[b, t]
+                top = largest(logits, classes)
+                total = exp_weights(logits, 1.0, top, shifted, weights, exponents, classes)
+                out_logp_model[b, t] = np.float64(logits[token]) - top - math.log(total)
+                out_logp_sample[b, t] = np.nan
+            else:
+                u = uniform(stream_keys[b], counter + t)
+                token, logp_model, logp_sample = sample_one(logits, classes, temperature, top_k, top_p, u,
+                                                             shifted, weights, exponents, candidates)
+                out_logp_model[b, t] = logp_model
+                out_logp_sample[b, t] = logp_sample
+            out_tokens[b, t] = token
+            tokens[b] = token
