@@ -48,6 +48,11 @@ def _demo(argv):
     return main(argv)
 
 
+def _serve(argv):
+    from study.serve.command import main
+    return main(argv)
+
+
 def _bench(argv):
     from study.bench.command import main
     return main(argv)
@@ -62,6 +67,7 @@ COMMANDS: dict[str, tuple[Callable[[list[str]], int], str]] = {
     "search-sampling": (_search_sampling, "Optuna search over temperature / top-p"),
     "report": (_report, "build the executed report notebook and its HTML"),
     "demo": (_demo, "the whole study at smoke scale on embedded data, ending with a report"),
+    "serve": (_serve, "listen live in the browser: study serve checkpoint=PATH"),
     "bench": (_bench, "benchmarks: study bench model|data|train|generate|kernel"),
 }
 

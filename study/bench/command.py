@@ -31,7 +31,12 @@ def _kernel(argv):
     return main(argv)
 
 
-BENCHMARKS = {"model": _model, "data": _data, "train": _train, "generate": _generate, "kernel": _kernel}
+def _serve(argv):
+    from study.serve.bench import main
+    return main(argv)
+
+
+BENCHMARKS = {"model": _model, "data": _data, "train": _train, "generate": _generate, "kernel": _kernel, "serve": _serve}
 
 
 def main(argv: list[str]) -> int:

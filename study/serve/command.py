@@ -1,0 +1,61 @@
+"""`study serve`: load a checkpoint once, warm its engine, and serve the live page and API with uvicorn.
+
+Binds 127.0.0.1 unless told otherwise and refuses a non-loopback address without a token; it never
+changes the checkpoint after start-up.
+"""
+
+import sys
+from pathlib import Path
+
+from study.command_args import parse_key_values
+from study.errors import StudyError
+from study.serve.settings import ServeSettings
+
+EXAMPLE = "study serve checkpoint=runs/<run>/checkpoints/best.pt"
+USAGE = f"""usage: study serve checkpoint=PATH|study:NAME [key=value ...]
+  {EXAMPLE}
+  study serve checkpoint=study:replicate port=8080 max_streams=8
+  study serve checkpoint=... host=0.0.0.0 token=SECRET      (other machines: clients send the token)
+keys: """ + ", ".join(ServeSettings.__dataclass_fields__)
+
+
+def resolve_checkpoint(value: str, runs: str) -> Path:
+    """A checkpoint path, or study:NAME -> the best finished trial's best.pt of that study."""
+    if value.startswith("study:"):
+        from study.harness import best_checkpoint
+        return best_checkpoint(Path(runs), value.removeprefix("study:"))
+    path = Path(value).expanduser()
+    if not path.is_file():
+        raise StudyError(f"checkpoint={value} is not a file; pass a best.pt written by `study train`, or "
+                         "checkpoint=study:NAME for the best trial of a study")
+    return path
+
+
+def main(argv: list[str]) -> int:
+    if not argv or argv[0] in ("-h", "--help", "help"):
+        print(USAGE)
+        return 0
+    import uvicorn
+
+    from study.serve.app import create_app
+    from study.serve.service import Service
+    try:
+        settings = parse_key_values(ServeSettings, argv, "serve", EXAMPLE)
+        service = Service(settings, resolve_checkpoint(settings.checkpoint, settings.runs))
+    except StudyError as error:
+        print(f"study serve: {error}", file=sys.stderr)
+        return 2
+    try:
+        warm = service.warm()
+        print(f"study serve: {service.generator.checkpoint} ({service.describe()}); engine warm in {warm:.1f} s; "
+              f"{settings.max_streams} streams of {service.scheduler.chunk} samples per step", flush=True)
+        config = uvicorn.Config(create_app(service), host=settings.host, port=settings.port, log_level="warning",
+                                ws_max_size=1 << 16)
+        server = uvicorn.Server(config)
+        shown_host = f"[{settings.host}]" if ":" in settings.host else settings.host
+        print(f"listening on http://{shown_host}:{settings.port}/  (API: http://{shown_host}:{settings.port}/docs; "
+              "Ctrl-C stops)", flush=True)
+        server.run()
+    finally:
+        service.close()
+    return 0
