@@ -5,6 +5,9 @@ changes the checkpoint after start-up.
 """
 
 import sys
+import threading
+import time
+from contextlib import contextmanager
 from pathlib import Path
 
 from study.command_args import parse_key_values
@@ -59,3 +62,29 @@ def main(argv: list[str]) -> int:
     finally:
         service.close()
     return 0
+
+
+@contextmanager
+def background_server(service, host: str = "127.0.0.1"):
+    """The app on a free port of `host`, served by uvicorn on a thread; yields its base URL."""
+    import socket
+
+    import uvicorn
+
+    from study.serve.app import create_app
+    with socket.socket() as probe:
+        probe.bind((host, 0))
+        port = probe.getsockname()[1]
+    server = uvicorn.Server(uvicorn.Config(create_app(service), host=host, port=port, log_level="warning",
+                                           ws_max_size=1 << 16))
+    thread = threading.Thread(target=server.run, name="study-serve-http", daemon=True)
+    thread.start()
+    try:
+        while not server.started:
+            if not thread.is_alive():
+                raise RuntimeError(f"the server did not start on {host}:{port}")
+            time.sleep(0.02)
+        yield f"http://{host}:{port}"
+    finally:
+        server.should_exit = True
+        thread.join(timeout=30)
