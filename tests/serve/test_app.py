@@ -155,7 +155,7 @@ def test_uploads_that_are_not_audio_too_big_or_too_long(checkpoint):
         with TestClient(create_app(service)) as client:
             not_audio = client.post("/generate", files={"prompt": ("notes.wav", b"this is text, not audio", "audio/wav")})
             assert not_audio.status_code == 422 and not_audio.json()["detail"][0]["field"] == "prompt"
-            big = client.post("/generate", files={"prompt": ("big.wav", audio_file(1.0, 48000, 2), "audio/wav")})
+            big = client.post("/generate", files={"prompt": ("big.wav", audio_file(1.5, 48000, 2), "audio/wav")})
             assert big.status_code == 413 and "max_upload_mib=0.25" in big.json()["detail"]
             long = client.post("/generate", files={"prompt": ("long.flac", audio_file(3.0, 8000, 1, "FLAC"), "audio/flac")})
             assert long.status_code == 413 and "max_upload_seconds=2" in long.json()["detail"]
