@@ -36,6 +36,8 @@ COVERED_BY = {
     "make replicate SCALE=smoke": "tests/test_harness.py::test_replicate_and_ablation_smoke_studies_end_to_end",
     "study train": "tests/training/test_loop.py::test_loss_falls_on_toy_music",
     "study bench kernel": "tests/bench/test_kernel_bench.py",
+    "study serve checkpoint=runs/demo/replicate/SIGNATURE/checkpoints/best.pt":
+        "tests/serve/test_command.py::test_serve_command_prints_its_url_and_answers",
 }
 
 
@@ -185,6 +187,8 @@ SHORT_VERSIONS = {
     "study bench generate": bench("study bench generate --presets sashimi-2 --batches 1 --seconds 0.3 "
                                   "--step-seconds 0.3", expected="samples/s"),
     "make gpu-check": gpu_check,
+    "study bench serve": bench("study bench serve clients=1 seconds=0.3 prompt_seconds=0.2",
+                               expected="faster than real time"),
 }
 
 

@@ -54,10 +54,16 @@ def main(argv: list[str]) -> int:
               f"{settings.max_streams} streams of {service.scheduler.chunk} samples per step", flush=True)
         config = uvicorn.Config(create_app(service), host=settings.host, port=settings.port, log_level="warning",
                                 ws_max_size=1 << 16)
-        server = uvicorn.Server(config)
         shown_host = f"[{settings.host}]" if ":" in settings.host else settings.host
-        print(f"listening on http://{shown_host}:{settings.port}/  (API: http://{shown_host}:{settings.port}/docs; "
-              "Ctrl-C stops)", flush=True)
+
+        class AnnouncingServer(uvicorn.Server):
+            async def startup(self, sockets=None):
+                await super().startup(sockets)
+                if self.started:
+                    url = f"http://{shown_host}:{settings.port}/"
+                    print(f"listening on {url}  (API: {url}docs; Ctrl-C stops)", flush=True)
+
+        server = AnnouncingServer(config)
         server.run()
     finally:
         service.close()
