@@ -227,3 +227,20 @@ def test_non_loopback_bind_needs_a_token_and_checks_it(checkpoint):
             assert client.get("/config").json()["token_required"] is True
     finally:
         service.close()
+
+
+def test_stop_message_ends_the_stream_with_what_was_generated(service):
+    with TestClient(create_app(service)) as client:
+        job_id = client.post("/generate", data={"seconds": "30", "n": "2"}).json()["id"]
+        with client.websocket_connect(f"/jobs/{job_id}/stream") as websocket:
+            while websocket.receive().get("bytes") is None:
+                pass
+            websocket.send_text(json.dumps({"type": "stop"}))
+            messages, frames, _ = collect(websocket)
+        assert messages[-1]["status"] == "stopped" and service.scheduler.slots_used() == 0
+        kept = messages[-1]["generated_samples"]
+        assert 0 < kept < messages[-1]["samples"]
+        audio, _ = soundfile.read(io.BytesIO(client.get(f"/jobs/{job_id}/audio.wav",
+                                                        params={"stream": 1, "part": "continuation"}).content))
+        assert len(audio) == kept
+        assert client.get(f"/jobs/{job_id}/manifest.json").json()["settings"]["served"]["status"] == "stopped"

@@ -146,9 +146,9 @@ function drawSpectrogram(upTo) {  // columns from where the last call stopped up
   const perColumn = total / canvas.width;
   for (; state.spectrumColumn < canvas.width; state.spectrumColumn++) {
     const centre = Math.floor((state.spectrumColumn + 0.5) * perColumn);
-    if (centre + FFT_SIZE / 2 > upTo) break;
+    if (centre + FFT_SIZE / 2 > upTo && upTo < total) break;
     const frame = new Float32Array(FFT_SIZE);
-    for (let i = 0; i < FFT_SIZE; i++) { const at = centre - FFT_SIZE / 2 + i; frame[i] = at >= 0 ? sampleAt(at) : 0; }
+    for (let i = 0; i < FFT_SIZE; i++) { const at = centre - FFT_SIZE / 2 + i; frame[i] = at >= 0 && at < upTo ? sampleAt(at) : 0; }
     const spectrum = spectrumOf(frame);
     for (let y = 0; y < h; y++) {
       g.fillStyle = colourOf(spectrum[Math.floor((h - 1 - y) / h * spectrum.length)]);
