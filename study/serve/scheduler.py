@@ -135,12 +135,14 @@ class Scheduler:
 
     # -- called from the web server ----------------------------------------------------------------
     def submit(self, job: Job) -> None:
+        """Admits the job at once when its streams fit, else queues it; raises Busy when the queue is full."""
         with self._condition:
             fits_now = not self._queue and self.slots_used() + len(job.streams) <= self.max_streams
             if not fits_now and len(self._queue) >= self.max_queue:
-                raise Busy(f"all {self.max_streams} streams are in use and {len(self._queue)} requests are waiting "
-                           f"(max_queue={self.max_queue}); try again in a few seconds")
+                raise Busy(f"{self.slots_used()} of {self.max_streams} streams are in use and {len(self._queue)} "
+                           f"requests are waiting (max_queue={self.max_queue}); try again in a few seconds")
             self._queue.append(job)
+            self._admit()   # holds its slots now: concurrent requests see them taken
             self._condition.notify_all()
 
     def stop(self, job: Job) -> None:

@@ -33,9 +33,10 @@ def test_page_streams_into_the_worklet_and_downloads_a_wav(service, tmp_path):
             page.click("#play")
             page.wait_for_function("window.studyServe.framesInWorklet > 0", timeout=20000)
             page.wait_for_function("window.studyServe.ended", timeout=30000)
+            # every continuation sample reaches the worklet (its reports arrive after the end message)
+            page.wait_for_function(f"window.studyServe.samplesInWorklet === {round(1.5 * RATE)}", timeout=10000)
             frames = page.evaluate("window.studyServe.framesInWorklet")
-            samples = page.evaluate("window.studyServe.samplesInWorklet")
-            assert frames >= 2 and samples == round(1.5 * RATE)
+            assert frames >= 2
             assert int(page.get_attribute("#frames", "data-count")) == frames
             with page.expect_download() as download:
                 page.click("#downloads a >> nth=0")
