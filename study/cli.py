@@ -63,6 +63,11 @@ def _migrate_runs(argv):
     return main(argv)
 
 
+def _serve(argv):
+    from study.serve.command import main
+    return main(argv)
+
+
 def _bench(argv):
     from study.bench.command import main
     return main(argv)
@@ -79,7 +84,8 @@ COMMANDS: dict[str, tuple[Callable[[list[str]], int], str]] = {
     "search-sampling": (_search_sampling, "Optuna search over temperature / top-p"),
     "report": (_report, "build the executed report notebook and its HTML"),
     "demo": (_demo, "the whole study at smoke scale on embedded data, ending with a report"),
-    "bench": (_bench, "benchmarks: study bench model|data|train|generate|kernel|gpu"),
+    "serve": (_serve, "listen live in the browser: study serve checkpoint=PATH"),
+    "bench": (_bench, "benchmarks: study bench model|data|train|generate|kernel|gpu|serve"),
     "migrate-runs": (_migrate_runs, "rename run folders named by an earlier signature: study migrate-runs runs=runs"),
 }
 

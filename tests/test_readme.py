@@ -48,6 +48,8 @@ COVERED_BY = {
     "study bench gpu device=cpu":
         "tests/bench/test_gpu_check.py::test_tiny_plan_runs_end_to_end_on_cpu_and_reports_every_field",
     "make gpu-wheels": "tests/bench/test_gpu_check.py::test_the_wheel_list_imports_and_is_pinned_by_the_lock",
+    "study serve checkpoint=runs/demo/replicate/SIGNATURE/checkpoints/best.pt":
+        "tests/serve/test_command.py::test_serve_command_prints_its_url_and_answers",
 }
 
 
@@ -197,6 +199,8 @@ SHORT_VERSIONS = {
     "study bench generate": bench("study bench generate 'presets=[sashimi-2]' 'batches=[1]' seconds=0.3 "
                                   "step_seconds=0.3", expected="samples/s"),
     "make gpu-check": gpu_check,
+    "study bench serve": bench("study bench serve clients=1 seconds=0.3 prompt_seconds=0.2",
+                               expected="faster than real time"),
 }
 
 

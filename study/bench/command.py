@@ -36,7 +36,13 @@ def _gpu(argv):
     return main(argv)
 
 
-BENCHMARKS = {"model": _model, "data": _data, "train": _train, "generate": _generate, "kernel": _kernel, "gpu": _gpu}
+def _serve(argv):
+    from study.serve.bench import main
+    return main(argv)
+
+
+BENCHMARKS = {"model": _model, "data": _data, "train": _train, "generate": _generate, "kernel": _kernel, "gpu": _gpu,
+              "serve": _serve}
 
 
 def main(argv: list[str]) -> int:
