@@ -18,7 +18,7 @@ from study import validation
 from study.data.settings import DataSettings
 from study.errors import ConfigError
 from study.records import flatten
-from study.sashimi import ModelConfig
+from study.sashimi import ModelConfig, model_preset  # noqa: F401 - model_preset is part of this module's API
 from study.training.settings import TrainSettings
 
 CONFIG_DIR = Path(__file__).resolve().parent.parent / "experiments"
@@ -151,14 +151,6 @@ def settings_from(config: DictConfig) -> StudyConfig:
     """The typed, range-checked config: raises ConfigError naming the first bad key, its value,
     what is allowed and an example fix."""
     return validation.build(StudyConfig, config, "")
-
-
-def model_preset(name: str) -> ModelConfig:
-    """ModelConfig of experiments/model/NAME.yaml (schema defaults + that file's overrides)."""
-    path = CONFIG_DIR / "model" / f"{name}.yaml"
-    if not path.is_file():
-        raise ConfigError(f"unknown model preset {name!r}: use one of {config_groups()['model']}")
-    return validation.build(ModelConfig, OmegaConf.load(path), "model")
 
 
 def data_preset(name: str) -> DataSettings:

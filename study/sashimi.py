@@ -5,6 +5,7 @@ Reads top to bottom: config, norms, residual blocks, pooling, backbone, token mo
 """
 
 import itertools
+from pathlib import Path
 import math
 from dataclasses import asdict, dataclass, field, fields
 
@@ -376,11 +377,29 @@ class SaShiMi(nn.Module):
         return self.decoder(x)
 
 
+MODEL_PRESETS_DIR = Path(__file__).resolve().parent.parent / "experiments" / "model"
+
+
+def model_preset(name: str) -> ModelConfig:
+    """ModelConfig of experiments/model/NAME.yaml: the ModelConfig defaults with that file's overrides.
+    Reads the file with PyYAML only (no Hydra), so it works on a bare GPU machine too."""
+    import yaml
+
+    path = MODEL_PRESETS_DIR / f"{name}.yaml"
+    if not path.is_file():
+        available = sorted(preset.stem for preset in MODEL_PRESETS_DIR.glob("*.yaml"))
+        raise ConfigError(f"unknown model preset {name!r}: use one of {available} (files in {MODEL_PRESETS_DIR})")
+    values = yaml.safe_load(path.read_text()) or {}
+    unknown = sorted(set(values) - {f.name for f in fields(ModelConfig)})
+    if unknown:
+        raise ConfigError(f"{path}: unknown model keys {unknown}; the keys are ModelConfig's fields")
+    return ModelConfig(**values)
+
+
 def __getattr__(name: str):
     """`PRESETS`: {name: ModelConfig} of experiments/model/*.yaml, read when asked (the files hold them)."""
     if name == "PRESETS":
-        from study.config import config_groups, model_preset
-        return {preset: model_preset(preset) for preset in config_groups()["model"]}
+        return {preset.stem: model_preset(preset.stem) for preset in sorted(MODEL_PRESETS_DIR.glob("*.yaml"))}
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
@@ -388,7 +407,6 @@ def build_model(preset_or_config: str | ModelConfig, **overrides) -> SaShiMi:
     """A SaShiMi model from a preset (a name in experiments/model/, e.g. 'sashimi-2') or a ModelConfig,
     with overrides."""
     if isinstance(preset_or_config, str):
-        from study.config import model_preset
         base = model_preset(preset_or_config)
     else:
         base = preset_or_config

@@ -10,8 +10,6 @@ import math
 from collections.abc import Iterable
 from typing import TypeVar
 
-from omegaconf import OmegaConf
-from omegaconf.errors import OmegaConfBaseException
 
 from study.errors import ConfigError
 
@@ -107,7 +105,7 @@ def numbers(key: str, value, example, minimum: float | None = None, below: float
         raise refuse(key, list(value) if isinstance(value, (list, tuple)) else value, allowed, example)
 
 
-def omegaconf_error(error: OmegaConfBaseException, prefix: str) -> ConfigError:
+def omegaconf_error(error: Exception, prefix: str) -> ConfigError:
     """A ConfigError from OmegaConf's type or key error, naming the dotted key (under `prefix`)."""
     lines = str(error).strip().splitlines()
     detail = lines[0] if lines else type(error).__name__
@@ -119,7 +117,11 @@ def omegaconf_error(error: OmegaConfBaseException, prefix: str) -> ConfigError:
 
 def build(settings_type: type[T], values, prefix: str) -> T:
     """A `settings_type` dataclass from a mapping merged onto its schema (types checked, absent keys
-    defaulted), then constructed so its `__post_init__` checks ranges. Every failure is a ConfigError."""
+    defaulted), then constructed so its `__post_init__` checks ranges. Every failure is a ConfigError.
+    (OmegaConf is imported here, not at the top, so the dataclasses work where it is not installed.)"""
+    from omegaconf import OmegaConf
+    from omegaconf.errors import OmegaConfBaseException
+
     try:
         merged = OmegaConf.merge(OmegaConf.structured(settings_type), values)
         return OmegaConf.to_object(merged)

@@ -2,31 +2,28 @@
 (the recipe's optimizer groups, `study.training.step.train_step`) at batch 1. Asserts no timings.
 
 `measure_train_step` is the one training-step benchmark; `study bench kernel` and `study bench gpu`
-call it too. It reads the recipe from experiments/train/default.yaml and imports no Hydra.
+call it too. Its recipe is the TrainSettings defaults (the one place they are written); it imports no Hydra.
 """
 
 import sys
 import time
 from dataclasses import dataclass, field
-from pathlib import Path
-from types import SimpleNamespace
 
 import torch
-import yaml
 
 from study.bench.timing import run_isolated, time_call
 from study.errors import ConfigError
 from study.s4.sums.reference import resolve_backend
 from study.sashimi import build_model
+from study.training.settings import TrainSettings
 from study.training.step import build_optimizer, train_step
 
-RECIPE_FILE = Path(__file__).resolve().parents[2] / "experiments" / "train" / "default.yaml"
 YOUTUBEMIX_TRAIN_WINDOWS = 1484  # train windows of 131,072 samples per YouTubeMix epoch (88/6/6 split)
 
 
-def recipe() -> SimpleNamespace:
-    """The train group's defaults (the official recipe) as attributes: lr, weight_decay, betas, ..."""
-    return SimpleNamespace(**yaml.safe_load(RECIPE_FILE.read_text()))
+def recipe() -> TrainSettings:
+    """The train group's defaults: the official recipe (lr, weight_decay, betas, ...)."""
+    return TrainSettings()
 
 
 def measure_train_step(preset: str, length: int, device: str, backend: str = "auto", precision: str = "fp32",

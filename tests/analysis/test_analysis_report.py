@@ -8,7 +8,7 @@ from pathlib import Path
 import nbformat
 
 from analysis.report import ensure_kernel, kernel_spec
-from analysis_fixture import signature_of, trials
+from analysis_fixture import default_trials, signature_of
 from analysis.sampling_search import SearchSettings, resolve_checkpoint
 from study.cli import main as study
 
@@ -104,7 +104,7 @@ def test_after_the_demo_report_and_search_find_its_runs_without_arguments(fixtur
     monkeypatch.delenv("STUDY_RUNS", raising=False)
     assert DEFAULT_RUNS.resolve() == fixture.runs_dir.resolve()
     settings = SearchSettings()
-    seed_0 = next(trial for trial in trials() if trial.study == "replicate" and trial.seed == 0)  # lowest val bpb
+    seed_0 = next(trial for trial in default_trials() if trial.study == "replicate" and trial.seed == 0)  # lowest val bpb
     best = fixture.runs_dir / "replicate" / signature_of(seed_0) / "checkpoints" / "best.pt"
     assert resolve_checkpoint(settings.checkpoint, Path(settings.runs)).resolve() == best.resolve()
     assert study(["report"]) == 0

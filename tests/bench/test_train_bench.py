@@ -8,14 +8,14 @@ import torch
 
 from study.bench import train as train_bench
 from study.config import compose_config
-from study.training.experiment import train_settings_from
+from study.config import settings_from
 from study.training.step import build_optimizer
 
 TINY = {"d_model": 8, "d_state": 4, "n_layers": 1}
 
 
 def test_recipe_is_the_composed_train_config():
-    composed = train_settings_from(compose_config(["experiment=youtubemix-sashimi-8"]))
+    composed = settings_from(compose_config(["experiment=youtubemix-sashimi-8"])).train
     recipe = train_bench.recipe()
     assert tuple(recipe.betas) == tuple(composed.betas)
     for key in ("lr", "weight_decay", "gradient_clip", "precision", "schedule"):

@@ -13,7 +13,9 @@ from starlette.websockets import WebSocketDisconnect
 
 from conftest import RATE, audio_file, make_service
 from study.errors import ConfigError
-from study.generation.generator import MANIFEST_FORMAT, GenerateConfig, file_sha256, run
+from study.data.cache import file_hash
+from study.generation.command import GenerateConfig, run
+from study.generation.outputs import MANIFEST_FORMAT
 from study.serve.app import create_app
 from study.serve.settings import ServeSettings, StreamSettings
 
@@ -121,7 +123,7 @@ def test_http_job_status_wav_and_manifest(service, checkpoint):
         assert rate == RATE and len(audio) == round(0.2 * RATE)
         manifest = client.get(f"/jobs/{job['id']}/manifest.json").json()
         assert manifest["format"] == MANIFEST_FORMAT
-        assert manifest["checkpoint"]["sha256"] == file_sha256(checkpoint)
+        assert manifest["checkpoint"]["sha256"] == file_hash(checkpoint)
         assert manifest["settings"]["temperature"] == 0.9 and manifest["settings"]["prompt"] == "upload:song.ogg"
         assert manifest["prompts"][0]["samples"] == round(0.25 * RATE)
         assert "/generate" in client.get("/openapi.json").json()["paths"]
