@@ -7,17 +7,16 @@ SQLite so an interrupted search resumes. It never changes the checkpoint.
 
 import json
 import logging
-import sys
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import numpy as np
 import optuna
 import pandas as pd
-from omegaconf import OmegaConf
-from omegaconf.errors import OmegaConfBaseException
 
 from analysis.audio_quality import quality_score
+from study.command_args import parse_key_values
+from study.errors import CheckpointError, ConfigError, DataError
 
 log = logging.getLogger(__name__)
 RESULTS_NAME = "results.csv"
@@ -25,37 +24,41 @@ RESULTS_NAME = "results.csv"
 
 @dataclass
 class SearchSettings:
+    """Every key of `study search-sampling key=value ...`."""
     checkpoint: str = "study:replicate"     # a best.pt/last.pt path, or study:NAME (its best trial)
     prompts: str = "split:test"             # split:test | split:val | comma-separated audio files
-    n_prompts: int = 4
-    prompt_seconds: float = 1.0
+    n_prompts: int = 4                      # held-out prompts continued per trial
+    prompt_seconds: float = 1.0             # prompt length fed before sampling
     seconds: float = 1.0                    # generated (and real) continuation per prompt
-    trials: int = 12
+    trials: int = 12                        # Optuna trials (a rerun adds only the missing ones)
     sampler: str = "tpe"                    # tpe | grid
-    temperature_min: float = 0.5
+    temperature_min: float = 0.5            # TPE search range
     temperature_max: float = 1.3
-    top_p_min: float = 0.8
+    top_p_min: float = 0.8                  # TPE search range
     top_p_max: float = 1.0
     grid_temperatures: list = field(default_factory=lambda: [0.5, 0.7, 0.8, 0.9, 1.0, 1.1, 1.3])
     grid_top_ps: list = field(default_factory=lambda: [0.8, 0.9, 0.95, 1.0])
-    tpe_startup_trials: int = 5
-    seed: int = 0
+    tpe_startup_trials: int = 5             # random trials before TPE models the results
+    seed: int = 0                           # sampler and generation seed
     out: str | None = None                  # default: <runs>/<study>/sampling-search beside the checkpoint
     runs: str = "runs"                      # where study:NAME is looked up
 
+    def __post_init__(self):
+        self.validate()
+
     def validate(self) -> "SearchSettings":
         if self.sampler not in ("tpe", "grid"):
-            raise ValueError(f"sampler={self.sampler!r} is unknown: use tpe or grid")
+            raise ConfigError(f"sampler={self.sampler!r} is unknown: use tpe or grid")
         if not 0 <= self.temperature_min <= self.temperature_max:
-            raise ValueError("need 0 <= temperature_min <= temperature_max")
+            raise ConfigError("need 0 <= temperature_min <= temperature_max")
         if not 0 < self.top_p_min <= self.top_p_max <= 1:
-            raise ValueError("need 0 < top_p_min <= top_p_max <= 1")
+            raise ConfigError("need 0 < top_p_min <= top_p_max <= 1")
         for name in ("n_prompts", "trials"):
             if getattr(self, name) <= 0:
-                raise ValueError(f"{name}={getattr(self, name)} must be positive")
+                raise ConfigError(f"{name}={getattr(self, name)} must be positive")
         for name in ("prompt_seconds", "seconds"):
             if getattr(self, name) <= 0:
-                raise ValueError(f"{name}={getattr(self, name)} must be positive")
+                raise ConfigError(f"{name}={getattr(self, name)} must be positive")
         return self
 
 
@@ -146,7 +149,7 @@ def resolve_checkpoint(value: str, runs: Path) -> Path:
         return best_checkpoint(runs, value.removeprefix("study:"))
     path = Path(value).expanduser()
     if not path.is_file():
-        raise ValueError(f"checkpoint={value} does not exist; pass a best.pt written by `study train`, or "
+        raise CheckpointError(f"checkpoint={value} does not exist; pass a best.pt written by `study train`, or "
                          "checkpoint=study:replicate after `make replicate SCALE=smoke`")
     return path
 
@@ -167,9 +170,7 @@ def held_out_prompts(generator, settings: SearchSettings):
 
 
 def parse_settings(argv: list[str]) -> SearchSettings:
-    schema = OmegaConf.structured(SearchSettings)
-    merged = OmegaConf.merge(schema, OmegaConf.from_dotlist(list(argv)))
-    return SearchSettings(**OmegaConf.to_container(merged, resolve=True)).validate()
+    return parse_key_values(SearchSettings, argv, "search-sampling", "study search-sampling checkpoint=study:replicate")
 
 
 def search(settings: SearchSettings) -> tuple[pd.DataFrame, Path]:
@@ -184,7 +185,7 @@ def search(settings: SearchSettings) -> tuple[pd.DataFrame, Path]:
     length = round(settings.seconds * rate)
     real = [generator.audio.decode(np.asarray(r[:length])) for r in references if len(r)]
     if not real:
-        raise ValueError("the held-out prompts have no real continuation to compare with; lower prompt_seconds "
+        raise DataError("the held-out prompts have no real continuation to compare with; lower prompt_seconds "
                          "or use longer prompt files")
 
     def continuation_audio(temperature: float, top_p: float) -> list[np.ndarray]:
@@ -197,15 +198,7 @@ def search(settings: SearchSettings) -> tuple[pd.DataFrame, Path]:
 
 
 def main(argv: list[str]) -> int:
-    from study.training.checkpoint import CheckpointError
-    from study.data import DataError
-    from study.generation.generator import GenerationError
-    try:
-        settings = parse_settings(argv)
-        table, out = search(settings)
-    except (ValueError, CheckpointError, DataError, GenerationError, OmegaConfBaseException) as error:
-        print(f"study search-sampling: {error}", file=sys.stderr)
-        return 2
+    table, out = search(parse_settings(argv))
     best = table.sort_values("score").iloc[0]
     print(f"best: temperature {best.temperature:.3f}, top_p {best.top_p:.3f} (score {best.score:.4f})")
     print(f"results: {out / RESULTS_NAME}\nheatmap: {out / 'heatmap.png'}\nbest settings: {out / 'best.json'}\n"

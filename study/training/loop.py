@@ -19,7 +19,7 @@ import torch.nn.functional as F
 from omegaconf import OmegaConf
 from tqdm import tqdm
 
-from study.training.checkpoint import CheckpointError, load_checkpoint, load_weights, model_payload, save_checkpoint
+from study.training.checkpoint import load_checkpoint, load_weights, model_payload, save_checkpoint
 from study.config import ConfigError
 from study.training.experiment import Experiment, TrainSettings, load_experiment
 from study.training.metrics import MetricSums, prefixed
@@ -408,13 +408,9 @@ def train(experiment: Experiment, reporter=None, command: str = "") -> dict:
 
 
 def main(argv: list[str]) -> int:
-    from study.data import DataError
+    experiment = load_experiment(argv)
     try:
-        experiment = load_experiment(argv)
         record = train(experiment, command=" ".join(["study", "train", *argv]))
-    except (ConfigError, DataError, CheckpointError) as error:
-        print(f"study train: {error}", file=sys.stderr)
-        return 2
     except TrainingDiverged as error:
         print(f"study train: {error}", file=sys.stderr)
         return 1
