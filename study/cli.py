@@ -84,6 +84,8 @@ def own_arguments(text: str) -> Callable[[], str]:
 def format_value(value) -> str:
     if value is None:
         return "null"
+    if value == "":
+        return '""'
     if isinstance(value, bool):
         return str(value).lower()
     if isinstance(value, (list, tuple)):

@@ -93,7 +93,8 @@ class DemoSettings:
                 raise ConfigError(f"study demo: {name}={getattr(self, name)} must be positive")
 
 
-def main(argv: list[str]) -> int:
+def parse_arguments(argv: list[str]) -> tuple[DemoSettings, list[str]]:
+    """(the demo's settings, the config overrides for every study) from `key=value` arguments."""
     own = {field.name for field in fields(DemoSettings)}
 
     def is_setting(token: str) -> bool:  # a demo key, or no key=value at all (the parser then says so)
@@ -102,7 +103,11 @@ def main(argv: list[str]) -> int:
 
     settings = parse_key_values(DemoSettings, [token for token in argv if is_setting(token)], "demo",
                                 "study demo search_trials=2 model.d_model=8")
-    overrides = [token for token in argv if not is_setting(token)]
+    return settings, [token for token in argv if not is_setting(token)]
+
+
+def main(argv: list[str]) -> int:
+    settings, overrides = parse_arguments(argv)
     run_demo(Path(settings.runs), overrides, settings.search_trials, settings.prompt_seconds, settings.seconds,
              Path(settings.report_out))
     return 0

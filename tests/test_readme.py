@@ -36,6 +36,11 @@ COVERED_BY = {
     "make replicate SCALE=smoke": "tests/test_harness.py::test_replicate_and_ablation_smoke_studies_end_to_end",
     "study train": "tests/training/test_loop.py::test_loss_falls_on_toy_music",
     "study bench kernel": "tests/bench/test_kernel_bench.py",
+    "study --help": "tests/test_cli.py::test_help_lists_every_command",
+    "study COMMAND --help": "tests/test_cli.py::test_every_command_and_subcommand_answers_help",
+    "study bench generate --help": "tests/test_cli.py::test_every_command_and_subcommand_answers_help",
+    "make help": "tests/test_cli.py::test_make_help_lists_every_target",
+    "study info checkpoint=PATH": "tests/test_cli.py::test_info_prints_a_checkpoints_config_step_metrics_and_hash",
 }
 
 
@@ -132,7 +137,7 @@ def report(arguments):
     def check(workspace):
         tiny_checkpoint(workspace)
         out = workspace["root"] / "reports"
-        extra = f"--runs {workspace['root'] / 'runs'} --out {out}"
+        extra = f"runs={workspace['root'] / 'runs'} out={out}"
         command = f'make report ARGS="{arguments} {extra}"'.replace("  ", " ")
         succeed(command, workspace)
         assert list(out.glob("*/report.html"))
@@ -177,14 +182,16 @@ SHORT_VERSIONS = {
     'make search ARGS="checkpoint=runs/demo/replicate/SIGNATURE/checkpoints/best.pt"': search,
     "make report": report(""),
     "study report": report(""),
-    'make report ARGS="--studies replicate,ablation --name paper --print-table"':
-        report("--studies replicate --name paper --print-table"),
+    'make report ARGS="studies=replicate,ablation name=paper print_table=true"':
+        report("studies=replicate name=paper print_table=true"),
     "study info model=sashimi-8": info,
     "study bench model": bench("study bench model --presets sashimi-2 --lengths 1024"),
     "study bench train": bench("study bench train --scales smoke"),
     "study bench generate": bench("study bench generate --presets sashimi-2 --batches 1 --seconds 0.3 "
                                   "--step-seconds 0.3", expected="samples/s"),
     "make gpu-check": gpu_check,
+    "make bench": bench('make bench BENCH=data ARGS="data.toy_clips=24 data.toy_clip_seconds=1"',
+                        expected="windows/s"),
 }
 
 
