@@ -308,20 +308,32 @@ def main(argv: list[str] | None = None) -> int:
             print(subcommand_help(options.command, command, sub_name, subcommands[sub_name])
                   if sub_name in subcommands else command_help(options.command, command))
             return 0
-        if command.config is not None and "--cfg" in arguments:
-            print(command.config([token for token in arguments if token != "--cfg"]))
-            return 0
+        print_config = command.config is not None and "--cfg" in arguments
+        if print_config:
+            arguments = [token for token in arguments if token != "--cfg"]
         if command.overrides:
-            for token in arguments:
-                if token.startswith("-"):
-                    raise ConfigError(f"{label}: unknown option {token!r}; arguments are key=value overrides, "
-                                      f"e.g. {command.example} (study {options.command} --help lists them)")
+            check_overrides(label, command, arguments[1:] if command.positional or subcommands else arguments)
+        if print_config:
+            print(command.config(arguments))
+            return 0
         return resolve(command.target)(arguments) or 0
     except StudyError as error:
         if debug:
             traceback.print_exc()
         print(one_line(label, error), file=sys.stderr)
         return 2
+    except KeyboardInterrupt:
+        print(f"{label}: interrupted", file=sys.stderr)
+        return 130
+
+
+def check_overrides(label: str, command: Command, tokens: list[str]) -> None:
+    """Refuse what Hydra would answer with a parser traceback: options, and tokens that are not key=value."""
+    for token in tokens:
+        if token.startswith("-") or "=" not in token:
+            what = "unknown option" if token.startswith("-") else "argument"
+            raise ConfigError(f"{label}: {what} {token!r} is not a key=value override; e.g. {command.example} "
+                              f"(`{label} --help` lists the config groups)")
 
 
 if __name__ == "__main__":

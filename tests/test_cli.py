@@ -131,7 +131,11 @@ def test_a_study_error_is_one_line_exit_2_and_no_traceback(capsys):
 def test_options_other_than_help_and_cfg_are_refused_for_override_commands(capsys):
     assert main(["info", "--foo"]) == 2
     error = capsys.readouterr().err
-    assert "study info: unknown option '--foo'; arguments are key=value overrides" in error
+    assert error.startswith("study info: unknown option '--foo' is not a key=value override; e.g. study info ")
+    assert main(["train", "--cfg", "job"]) == 2
+    assert "study train: argument 'job' is not a key=value override" in capsys.readouterr().err
+    assert main(["data", "prepare", "toy-piano"]) == 2
+    assert "study data prepare: argument 'toy-piano' is not a key=value override" in capsys.readouterr().err
     assert main(["report", "--studies", "replicate"]) == 2
     assert "argument '--studies' is not key=value" in capsys.readouterr().err
     assert main(["demo", "--runs", "x"]) == 2
