@@ -190,8 +190,8 @@ SHORT_VERSIONS = {
     "study bench generate": bench("study bench generate --presets sashimi-2 --batches 1 --seconds 0.3 "
                                   "--step-seconds 0.3", expected="samples/s"),
     "make gpu-check": gpu_check,
-    "make bench": bench('make bench BENCH=data ARGS="data.toy_clips=24 data.toy_clip_seconds=1"',
-                        expected="windows/s"),
+    "make bench": bench('make bench BENCH=data ARGS="data.toy_clips=24 data.toy_clip_seconds=1 data.clip_seconds=1 '
+                        'data.sample_len=4096"', expected="windows/s"),
 }
 
 
