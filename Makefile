@@ -10,6 +10,7 @@ ARGS ?=
 GPU_PYTHON ?= $(BIN)/python
 GPU_WHEELS_DIR ?= .whl
 GPU_PLATFORMS := manylinux2014_x86_64 manylinux_2_17_x86_64 manylinux_2_27_x86_64 manylinux_2_28_x86_64
+BENCH ?= model train generate data kernel
 
 UV_VERSION := 0.13.8
 LOCK := requirements.lock
@@ -17,16 +18,18 @@ LOCK := requirements.lock
 .PHONY: help install lock check-install test demo replicate ablation grids search report gpu-check gpu-wheels bench
 
 help:
+	@echo "make help       this list"
 	@echo "make install    create .venv with exactly the locked dependency tree ($(LOCK))"
 	@echo "make lock       re-resolve $(LOCK) from pyproject.toml (after changing a pin)"
 	@echo "make check-install  check that .venv matches the lock and every dependency imports"
-	@echo "make demo       the whole study at smoke scale on embedded data, ending with a report"
+	@echo "make demo       the whole study at smoke scale on embedded data, ending with a report (ARGS=key=value)"
 	@echo "make test       the test suite (CPU; Triton kernels under TRITON_INTERPRET=1)"
 	@echo "make replicate  YouTubeMix SaShiMi-8 replication   (SCALE=full|smoke, ARGS=overrides)"
 	@echo "make ablation   BigBand SaShiMi-8 vs SaShiMi-2     (SCALE=full|smoke, ARGS=overrides)"
 	@echo "make grids      dropout / weight-decay / lr / sample-rate grids"
-	@echo "make search     Optuna search over temperature and top-p"
-	@echo "make report     executed report notebook + HTML"
+	@echo "make search     Optuna search over temperature and top-p (ARGS=\"checkpoint=PATH trials=12\")"
+	@echo "make report     executed report notebook + HTML     (ARGS=\"studies=replicate name=paper\")"
+	@echo "make bench      speed and memory benchmarks         (BENCH=$(BENCH), ARGS=key=value settings)"
 	@echo "make gpu-check  the GPU check: CUDA tests, training and generation figures, gpu-report.json/.md (needs a GPU)"
 	@echo "make gpu-wheels the small wheels a bare GPU machine may lack (Python 3.12, manylinux x86_64) into $(GPU_WHEELS_DIR)/"
 
@@ -71,6 +74,9 @@ search: install
 
 report: install
 	$(BIN)/study report $(ARGS)
+
+bench: install
+	@for suite in $(BENCH); do echo "== study bench $$suite $(ARGS)"; $(BIN)/study bench $$suite $(ARGS) || exit 1; done
 
 gpu-check:
 	PYTHONPATH=$(CURDIR) $(GPU_PYTHON) -m study.cli bench gpu $(ARGS)

@@ -5,20 +5,21 @@ It builds from whatever results exist (absent parts appear as 'missing: ...'); i
 generates or modifies a run, and it registers its own Jupyter kernel for this interpreter if needed.
 """
 
-import argparse
 import contextlib
 import hashlib
 import json
 import logging
 import os
 import sys
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import analysis
 from analysis.export import to_markdown
 from analysis.results import default_runs_dir, load_results
 from analysis.tables import workshop_table
+from study.command_args import parse_key_values
+from study.errors import ConfigError
 from study.files import write_atomic
 
 PROJECT_ROOT = Path(analysis.__file__).resolve().parents[1]
@@ -113,7 +114,7 @@ def build_report(runs_dir: Path, studies: list[str] | None = None, name: str | N
     template = Path(template)
     if not template.is_file():
         raise ReportError(f"report template {template} not found; restore it with `git checkout -- {template}` "
-                          "or pass --template PATH")
+                          "or pass template=PATH")
     name = name or ("-".join(studies) if studies else "all")
     directory = Path(out_root) / name
     directory.mkdir(parents=True, exist_ok=True)
@@ -154,36 +155,37 @@ def _list(text: str | None) -> list[str]:
     return [item.strip() for item in (text or "").split(",") if item.strip()]
 
 
-def parse_args(argv: list[str]) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(
-        prog="study report", description="Execute the report notebook for the chosen studies into "
-        "<out>/<name>/report.ipynb and export report.html, tables/ and figures/ beside it.")
-    parser.add_argument("--studies", help="comma-separated study names (default: every study under --runs)")
-    parser.add_argument("--runs", type=Path, default=default_runs_dir(),
-                        help="folder holding the studies (default: $STUDY_RUNS or ./runs)")
-    parser.add_argument("--name", help="report name: output goes to <out>/<name>/ (default: the studies, or 'all')")
-    parser.add_argument("--examples", action="append", default=[],
-                        help="folder of generated WAV files to embed (repeatable or comma-separated; "
-                             "default: runs/<study>/examples of each study)")
-    parser.add_argument("--out", type=Path, default=DEFAULT_OUT, help="output root (default: reports/out)")
-    parser.add_argument("--template", type=Path, default=TEMPLATE, help="notebook template to execute")
-    parser.add_argument("--cell-timeout", type=int, default=1800, help="seconds any one cell may run")
-    parser.add_argument("--print-table", action="store_true", help="also print the metrics table as Markdown")
-    return parser.parse_args(argv)
+@dataclass
+class ReportSettings:
+    """Every key of `study report key=value ...`."""
+    studies: str = ""                       # comma-separated study names; default: every study under runs
+    runs: str = field(default_factory=lambda: str(default_runs_dir()))  # folder holding the studies ($STUDY_RUNS)
+    name: str = ""                          # output goes to <out>/<name>/; default: the studies, or 'all'
+    examples: str = ""                      # comma-separated folders of generated WAVs; default: runs/<study>/examples
+    out: str = str(DEFAULT_OUT)             # output root
+    template: str = str(TEMPLATE)           # notebook template to execute
+    cell_timeout: int = 1800                # seconds any one cell may run
+    print_table: bool = False               # also print the metrics table as Markdown
+
+    def __post_init__(self):
+        if self.cell_timeout <= 0:
+            raise ConfigError(f"study report: cell_timeout={self.cell_timeout} must be positive (seconds)")
 
 
 def main(argv: list[str]) -> int:
-    args = parse_args(argv)
+    settings = parse_key_values(ReportSettings, argv, "report", "study report studies=replicate,ablation name=paper")
     logging.getLogger("papermill").setLevel(logging.WARNING)
-    studies = _list(args.studies) or None
-    examples = [Path(folder) for text in args.examples for folder in _list(text)]
+    studies = _list(settings.studies) or None
+    runs = Path(settings.runs)
+    examples = [Path(folder) for folder in _list(settings.examples)]
     try:
-        paths = build_report(args.runs, studies, args.name, examples, args.out, args.template, args.cell_timeout)
+        paths = build_report(runs, studies, settings.name or None, examples, Path(settings.out),
+                             Path(settings.template), settings.cell_timeout)
     except ReportError as error:
         print(f"study report: {error}", file=sys.stderr)
         return 1
-    if args.print_table:
-        print(summary_markdown(args.runs, studies))
+    if settings.print_table:
+        print(summary_markdown(runs, studies))
     print(f"notebook: {paths.notebook}")
     print(f"html: {paths.html}")
     return 0

@@ -117,7 +117,7 @@ def load_results(runs_dir: Path, studies: list[str] | None = None) -> Results:
         results.missing.append(Missing(
             f"results: {runs_dir} {where}",
             "run a study first, e.g. `make replicate SCALE=smoke` or `study run replicate scale=smoke`, "
-            "or point --runs at the folder that holds the studies"))
+            "or point `study report runs=...` at the folder that holds the studies"))
         return results
     for name in names:
         loaded = load_study(runs_dir, name)
@@ -131,7 +131,7 @@ def load_results(runs_dir: Path, studies: list[str] | None = None) -> Results:
 def load_study(runs_dir: Path, name: str) -> Study | Missing:
     """One study from runs_dir/name: results.parquet if present, else rebuilt from its run records."""
     folder = Path(runs_dir) / name
-    rerun = f"run `study run {name}` to produce it, or check the name and --runs"
+    rerun = f"run `study run {name}` to produce it, or check the name and runs=..."
     if not folder.is_dir():
         return Missing(f"study {name!r}: {folder} does not exist", rerun)
     results_path = folder / RESULTS_FILE

@@ -7,7 +7,6 @@ SQLite so an interrupted search resumes. It never changes the checkpoint.
 
 import json
 import logging
-import sys
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -19,6 +18,7 @@ from analysis.audio_quality import quality_score
 from analysis.results import default_runs_dir
 from study import validation
 from study.command_args import parse_key_values
+from study.errors import CheckpointError, ConfigError, DataError
 
 log = logging.getLogger(__name__)
 RESULTS_NAME = "results.csv"
@@ -26,21 +26,22 @@ RESULTS_NAME = "results.csv"
 
 @dataclass
 class SearchSettings:
+    """Every key of `study search-sampling key=value ...`."""
     checkpoint: str = "study:replicate"     # a best.pt/last.pt path, or study:NAME (its best trial)
     prompts: str = "split:test"             # split:test | split:val | comma-separated audio files
-    n_prompts: int = 4
-    prompt_seconds: float = 1.0
+    n_prompts: int = 4                      # held-out prompts continued per trial
+    prompt_seconds: float = 1.0             # prompt length fed before sampling
     seconds: float = 1.0                    # generated (and real) continuation per prompt
-    trials: int = 12
+    trials: int = 12                        # Optuna trials (a rerun adds only the missing ones)
     sampler: str = "tpe"                    # tpe | grid
-    temperature_min: float = 0.5
+    temperature_min: float = 0.5            # TPE search range
     temperature_max: float = 1.3
-    top_p_min: float = 0.8
+    top_p_min: float = 0.8                  # TPE search range
     top_p_max: float = 1.0
     grid_temperatures: list = field(default_factory=lambda: [0.5, 0.7, 0.8, 0.9, 1.0, 1.1, 1.3])
     grid_top_ps: list = field(default_factory=lambda: [0.8, 0.9, 0.95, 1.0])
-    tpe_startup_trials: int = 5
-    seed: int = 0
+    tpe_startup_trials: int = 5             # random trials before TPE models the results
+    seed: int = 0                           # sampler and generation seed
     out: str | None = None                  # default: sampling-search in the study folder or the checkpoint's run folder
     runs: str = field(default_factory=lambda: str(default_runs_dir()))  # where study:NAME is looked up
 
@@ -159,7 +160,7 @@ def resolve_checkpoint(value: str, runs: Path) -> Path:
         return best_checkpoint(runs, value.removeprefix("study:"))
     path = Path(value).expanduser()
     if not path.is_file():
-        raise ValueError(f"checkpoint={value} does not exist; pass a best.pt written by `study train`, or "
+        raise CheckpointError(f"checkpoint={value} does not exist; pass a best.pt written by `study train`, or "
                          "checkpoint=study:replicate after `make replicate SCALE=smoke`")
     return path
 
@@ -205,7 +206,7 @@ def search(settings: SearchSettings) -> tuple[pd.DataFrame, Path]:
     length = round(settings.seconds * rate)
     real = [generator.audio.decode(np.asarray(r[:length])) for r in references if len(r)]
     if not real:
-        raise ValueError("the held-out prompts have no real continuation to compare with; lower prompt_seconds "
+        raise DataError("the held-out prompts have no real continuation to compare with; lower prompt_seconds "
                          "or use longer prompt files")
 
     def continuation_audio(temperature: float, top_p: float) -> list[np.ndarray]:
@@ -218,15 +219,7 @@ def search(settings: SearchSettings) -> tuple[pd.DataFrame, Path]:
 
 
 def main(argv: list[str]) -> int:
-    from study.training.checkpoint import CheckpointError
-    from study.data import DataError
-    from study.errors import GenerationError
-    try:
-        settings = parse_settings(argv)
-        table, out = search(settings)
-    except (ValueError, CheckpointError, DataError, GenerationError) as error:
-        print(f"study search-sampling: {error}", file=sys.stderr)
-        return 2
+    table, out = search(parse_settings(argv))
     best = table.sort_values("score").iloc[0]
     print(f"best: temperature {best.temperature:.3f}, top_p {best.top_p:.3f} (score {best.score:.4f})")
     print(f"results: {out / RESULTS_NAME}\nheatmap: {out / 'heatmap.png'}\nbest settings: {out / 'best.json'}\n"

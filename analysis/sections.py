@@ -251,11 +251,11 @@ def audio_examples(context: ReportContext) -> list:
     if not context.examples_dirs:
         return [Missing("generated examples",
                         "generate some with `study generate checkpoint=runs/<study>/<signature>/checkpoints/best.pt "
-                        "prompt=...` into runs/<study>/examples/, or pass `--examples DIR`")]
+                        "prompt=...` into runs/<study>/examples/, or pass `study report examples=DIR`")]
     items = []
     for folder in context.examples_dirs:
         if not folder.is_dir():
-            items.append(Missing(f"examples folder {folder}", "check --examples, or generate into that folder"))
+            items.append(Missing(f"examples folder {folder}", "check examples=..., or generate into that folder"))
             continue
         examples, notes = find_examples(folder)
         items.append(heading(f"{folder}: {len(examples)} WAV files", 4))

@@ -1,18 +1,18 @@
-"""`study demo [overrides]` (`make demo`): the whole study at smoke scale on embedded data, offline,
+"""`study demo [key=value ...]` (`make demo`): the whole study at smoke scale on embedded data, offline,
 ending with a report: replicate, ablation, one grid, a short sampling search, continuations of a
 prompt file, the report. Every step reuses what an earlier demo finished; nothing needs a GPU.
 """
 
-import argparse
 import contextlib
-import sys
 import time
+from dataclasses import dataclass, fields
 from pathlib import Path
 
-import numpy as np
 import soundfile
 
 from analysis.results import default_runs_dir
+from study.command_args import parse_key_values
+from study.errors import ConfigError
 
 DEFAULT_RUNS = default_runs_dir()  # $STUDY_RUNS or ./runs: where `study report` and `study search-sampling` look
 STUDIES = ("replicate", "ablation", "grid-dropout")
@@ -110,21 +110,36 @@ def run_demo(runs: Path, overrides: list[str], search_trials: int, prompt_second
     return {"report": paths, "timings": timings}
 
 
+@dataclass
+class DemoSettings:
+    """The demo's own keys of `study demo key=value ...`; any other key=value overrides every study's config."""
+    runs: str = str(DEFAULT_RUNS)           # where the demo's studies go
+    search_trials: int = 6                  # sampling-search trials
+    prompt_seconds: float = 0.1             # sampling search: prompt per held-out window
+    seconds: float = 0.15                   # sampling search: real and generated continuation per prompt
+    report_out: str = "reports/out"         # the report lands in <report_out>/demo/
+
+    def __post_init__(self):
+        for name in ("search_trials", "prompt_seconds", "seconds"):
+            if getattr(self, name) <= 0:
+                raise ConfigError(f"study demo: {name}={getattr(self, name)} must be positive")
+
+
+def parse_arguments(argv: list[str]) -> tuple[DemoSettings, list[str]]:
+    """(the demo's settings, the config overrides for every study) from `key=value` arguments."""
+    own = {field.name for field in fields(DemoSettings)}
+
+    def is_setting(token: str) -> bool:  # a demo key, or no key=value at all (the parser then says so)
+        key, equals, _ = token.partition("=")
+        return not equals or key in own or key.startswith("-")
+
+    settings = parse_key_values(DemoSettings, [token for token in argv if is_setting(token)], "demo",
+                                "study demo search_trials=2 model.d_model=8")
+    return settings, [token for token in argv if not is_setting(token)]
+
+
 def main(argv: list[str]) -> int:
-    parser = argparse.ArgumentParser(prog="study demo", description=__doc__)
-    parser.add_argument("--runs", type=Path, default=DEFAULT_RUNS)
-    parser.add_argument("--search-trials", type=int, default=6)
-    parser.add_argument("--prompt-seconds", type=float, default=0.1)
-    parser.add_argument("--seconds", type=float, default=0.15, help="real and generated continuation per prompt")
-    parser.add_argument("--report-out", type=Path, default=Path("reports/out"))
-    parser.add_argument("overrides", nargs="*", help="config overrides applied to every study")
-    args = parser.parse_args(argv)
-    from study.config import ConfigError
-    from study.data import DataError
-    from study.errors import StudyError
-    try:
-        run_demo(args.runs, args.overrides, args.search_trials, args.prompt_seconds, args.seconds, args.report_out)
-    except (StudyError, ConfigError, DataError, ValueError) as error:
-        print(f"study demo: {error}", file=sys.stderr)
-        return 2
+    settings, overrides = parse_arguments(argv)
+    run_demo(Path(settings.runs), overrides, settings.search_trials, settings.prompt_seconds, settings.seconds,
+             Path(settings.report_out))
     return 0

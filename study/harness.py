@@ -421,14 +421,11 @@ def print_summary(study: Study, table: pd.DataFrame, folder: Path) -> None:
 
 
 def main(argv: list[str]) -> int:
-    if not argv or argv[0].startswith("-"):
+    if not argv or "=" in argv[0] or argv[0].startswith("-"):
         print(f"usage: study run STUDY [overrides]\nstudies: {', '.join(available_studies())}", file=sys.stderr)
         return 2
     try:
         table = run_study(argv[0], argv[1:])
-    except StudyError as error:
-        print(f"study run: {error}", file=sys.stderr)
-        return 2
     except KeyboardInterrupt:
         print("study run: interrupted; run the same command again to resume", file=sys.stderr)
         return 130

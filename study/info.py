@@ -1,9 +1,12 @@
-"""`study info [overrides]`: the model's architecture summary and parameter count; no side effects."""
+"""`study info [overrides]`: the model's architecture summary and parameter count, or with
+`checkpoint=PATH` a checkpoint's config, step, metrics and sha256. Reads only; writes nothing.
+"""
 
-import sys
+from omegaconf import OmegaConf
 
 from study.config import ConfigError, compose_config, settings_from
 from study.sashimi import SaShiMi, parameter_count
+from study.training.checkpoint import Checkpoint, open_checkpoint
 
 
 def architecture_summary(model: SaShiMi) -> str:
@@ -31,12 +34,37 @@ def architecture_summary(model: SaShiMi) -> str:
     return "\n".join(lines)
 
 
+def checkpoint_summary(checkpoint: Checkpoint) -> str:
+    """Where the checkpoint stands (step, epoch, metrics of its last evaluated epoch), its hash and config."""
+    payload = checkpoint.payload
+    lines = [f"checkpoint {checkpoint.path}",
+             f"  sha256      {checkpoint.sha256}",
+             f"  format      {payload.get('format')}",
+             f"  signature   {payload.get('signature', '-')}",
+             f"  model       {checkpoint.model_config.name}, {parameter_count(checkpoint.model()):,} parameters",
+             f"  step        {checkpoint.step} (epoch {checkpoint.epoch})"]
+    metrics = {name: value for name, value in checkpoint.metrics.items() if name not in ("epoch", "step")}
+    if metrics:
+        lines.append(f"  metrics of epoch {checkpoint.metrics.get('epoch', '?')} "
+                     f"(step {checkpoint.metrics.get('step', '?')}):")
+        lines += [f"    {name:<24} {value:.6g}" for name, value in sorted(metrics.items())]
+    else:
+        lines.append("  metrics     none (written before the first evaluation)")
+    lines.append("config:")
+    config = OmegaConf.to_yaml(OmegaConf.create(checkpoint.config)) if checkpoint.config else "{}\n"
+    lines += [f"  {line}" for line in config.rstrip("\n").splitlines()]
+    return "\n".join(lines)
+
+
 def main(argv: list[str]) -> int:
-    try:
-        config = compose_config(argv)
-        model_config = settings_from(config).model
-    except ConfigError as error:
-        print(f"study info: {error}", file=sys.stderr)
-        return 2
+    checkpoints = [token.partition("=")[2] for token in argv if token.startswith("checkpoint=")]
+    if checkpoints:
+        if len(argv) > 1:
+            raise ConfigError("study info checkpoint=PATH takes no other argument; "
+                              "e.g. study info checkpoint=runs/replicate/SIGNATURE/checkpoints/best.pt")
+        print(checkpoint_summary(open_checkpoint(checkpoints[0])))
+        return 0
+    config = compose_config(argv)
+    model_config = settings_from(config).model
     print(architecture_summary(SaShiMi(model_config)))
     return 0

@@ -18,7 +18,7 @@ TINY = ("model.d_model=8 model.d_state=8 data.sample_len=4096 data.toy_clips=24 
 def test_make_demo_runs_the_whole_study_and_reuses_it(tmp_path):
     env = {**os.environ, "PYTHONPATH": str(REPO), "STUDY_DATA_CACHE": str(tmp_path / "cache"),
            "STUDY_DOWNLOADS": str(tmp_path / "downloads")}
-    arguments = f"--runs {tmp_path / 'runs'} --report-out {tmp_path / 'reports'} --search-trials 2 {TINY}"
+    arguments = f"runs={tmp_path / 'runs'} report_out={tmp_path / 'reports'} search_trials=2 {TINY}"
     command = ["make", "demo", f"ARGS={arguments}"]
     started = time.perf_counter()
     first = subprocess.run(command, cwd=REPO, env=env, capture_output=True, text=True, timeout=900)

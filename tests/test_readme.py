@@ -48,8 +48,13 @@ COVERED_BY = {
     "study bench gpu device=cpu":
         "tests/bench/test_gpu_check.py::test_tiny_plan_runs_end_to_end_on_cpu_and_reports_every_field",
     "make gpu-wheels": "tests/bench/test_gpu_check.py::test_the_wheel_list_imports_and_is_pinned_by_the_lock",
-    "study serve checkpoint=runs/demo/replicate/SIGNATURE/checkpoints/best.pt":
+    "study serve checkpoint=runs/replicate/SIGNATURE/checkpoints/best.pt":
         "tests/serve/test_command.py::test_serve_command_prints_its_url_and_answers",
+    "study --help": "tests/test_cli.py::test_help_lists_every_command",
+    "study COMMAND --help": "tests/test_cli.py::test_every_command_and_subcommand_answers_help",
+    "study bench generate --help": "tests/test_cli.py::test_every_command_and_subcommand_answers_help",
+    "make help": "tests/test_cli.py::test_make_help_lists_every_target",
+    "study info checkpoint=PATH": "tests/test_cli.py::test_info_prints_a_checkpoints_config_step_metrics_and_hash",
 }
 
 
@@ -146,7 +151,7 @@ def report(arguments):
     def check(workspace):
         tiny_checkpoint(workspace)
         out = workspace["root"] / "reports"
-        extra = f"--runs {workspace['root'] / 'runs'} --out {out}"
+        extra = f"runs={workspace['root'] / 'runs'} out={out}"
         command = f'make report ARGS="{arguments} {extra}"'.replace("  ", " ")
         succeed(command, workspace)
         assert list(out.glob("*/report.html"))
@@ -191,8 +196,8 @@ SHORT_VERSIONS = {
     'make search ARGS="checkpoint=runs/replicate/SIGNATURE/checkpoints/best.pt"': search,
     "make report": report(""),
     "study report": report(""),
-    'make report ARGS="--studies replicate,ablation --name paper --print-table"':
-        report("--studies replicate --name paper --print-table"),
+    'make report ARGS="studies=replicate,ablation name=paper print_table=true"':
+        report("studies=replicate name=paper print_table=true"),
     "study info model=sashimi-8": info,
     "study bench model": bench("study bench model 'presets=[sashimi-2]' 'lengths=[1024]'"),
     "study bench train": bench("study bench train 'scales=[smoke]' 'presets=[sashimi-2]' steps=1"),
@@ -201,6 +206,8 @@ SHORT_VERSIONS = {
     "make gpu-check": gpu_check,
     "study bench serve": bench("study bench serve clients=1 seconds=0.3 prompt_seconds=0.2",
                                expected="faster than real time"),
+    "make bench": bench('make bench BENCH=data ARGS="data.toy_clips=24 data.toy_clip_seconds=1 data.clip_seconds=1 '
+                        'data.sample_len=4096"', expected="windows/s"),
 }
 
 

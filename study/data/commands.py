@@ -1,13 +1,12 @@
 """`study data prepare|info [overrides...]`: prepare a data config, or print the manifest of a prepared one.
 
-User errors (DataError, ConfigError) print their message and return 2; never a traceback for those.
+User errors (DataError, ConfigError) propagate to the CLI, which prints them as one line; never a traceback.
 """
 
 import json
 import sys
 
-from study.config import ConfigError, compose_config
-from study.data import DataError
+from study.config import compose_config
 
 USAGE = """usage: study data <prepare|info> [overrides...]
   study data prepare data=toy-piano                  prepare (or reuse) and print a summary
@@ -51,15 +50,11 @@ def main(argv: list[str]) -> int:
         return 2
     from study.data.prepare import find_prepared, prepare
 
-    try:
-        config = compose_config(overrides)
-        if command == "prepare":
-            prepared = prepare(config.data, config.paths, progress=True)
-            print(summary(prepared))
-        else:
-            prepared = find_prepared(config.data, config.paths)
-            print(json.dumps(prepared.manifest, indent=2))
-    except (DataError, ConfigError) as error:
-        print(f"study data {command}: {error}", file=sys.stderr)
-        return 2
+    config = compose_config(overrides)
+    if command == "prepare":
+        prepared = prepare(config.data, config.paths, progress=True)
+        print(summary(prepared))
+    else:
+        prepared = find_prepared(config.data, config.paths)
+        print(json.dumps(prepared.manifest, indent=2))
     return 0

@@ -7,7 +7,7 @@ corrupt file is detected and never replaces a good one; nothing here unpickles a
 import hashlib
 import io
 import re
-from dataclasses import asdict, fields
+from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 
 import torch
@@ -133,3 +133,37 @@ def load_weights(model: torch.nn.Module, state: dict, source: str) -> None:
 
 def model_payload(model: SaShiMi) -> dict:
     return {"model_config": asdict(model.config), "model_state": model.state_dict()}
+
+
+@dataclass(frozen=True)
+class Checkpoint:
+    """A verified checkpoint opened for reading: what `study.load_checkpoint(path)` returns."""
+    path: Path
+    sha256: str            # of the whole file, as `sha256sum` prints it
+    config: dict           # the run's resolved config ({} for a bare model checkpoint)
+    step: int              # optimizer steps taken when it was written
+    epoch: int             # epochs completed when it was written
+    metrics: dict          # the last evaluated epoch's metrics (its own "epoch" and "step" included)
+    weights: dict          # the model's state dict: tensor name -> tensor
+    model_config: ModelConfig
+    payload: dict          # everything stored, optimizer and RNG state included
+
+    def model(self) -> SaShiMi:
+        """The network rebuilt from `model_config` with these weights, in eval mode on the CPU."""
+        model = SaShiMi(self.model_config)
+        load_weights(model, self.weights, source=str(self.path))
+        return model.eval()
+
+
+def open_checkpoint(path: Path | str) -> Checkpoint:
+    """Read, verify and unpack a checkpoint on the CPU (through load_checkpoint: never a full unpickle)."""
+    path = Path(path).expanduser()
+    payload = load_checkpoint(path)
+    with path.open("rb") as file:
+        sha256 = hashlib.file_digest(file, "sha256").hexdigest()
+    progress = payload.get("progress") or {}
+    history = progress.get("history") or []
+    return Checkpoint(path=path, sha256=sha256, config=payload.get("config") or {},
+                      step=int(progress.get("step", 0)), epoch=int(progress.get("epoch", 0)),
+                      metrics=dict(history[-1]) if history else {}, weights=payload["model_state"],
+                      model_config=model_config_of(payload), payload=payload)

@@ -530,12 +530,9 @@ def train(experiment: Experiment, reporter=None, command: str = "") -> dict:
 
 
 def main(argv: list[str]) -> int:
+    experiment = load_experiment(argv)
     try:
-        experiment = load_experiment(argv)
         record = train(experiment, command=" ".join(["study", "train", *argv]))
-    except StudyError as error:
-        print(f"study train: {error}", file=sys.stderr)
-        return 2
     except TrainingDiverged as error:
         print(f"study train: {error}", file=sys.stderr)
         return 1

@@ -24,7 +24,7 @@ def _errors(notebook_path) -> list[str]:
 
 def test_report_from_the_fixture(fixture, tmp_path, capsys):
     out = tmp_path / "out"
-    code = study(["report", "--runs", str(fixture.runs_dir), "--name", "fixture", "--out", str(out)])
+    code = study(["report", f"runs={fixture.runs_dir}", "name=fixture", f"out={out}"])
     printed = capsys.readouterr().out
     assert code == 0
     assert f"notebook: {out / 'fixture' / 'report.ipynb'}" in printed and f"html: {out / 'fixture' / 'report.html'}" in printed
@@ -40,7 +40,7 @@ def test_report_from_the_fixture(fixture, tmp_path, capsys):
 
 def test_report_without_any_study_still_builds(tmp_path, capsys):
     out = tmp_path / "out"
-    code = study(["report", "--runs", str(tmp_path / "runs"), "--out", str(out), "--print-table"])
+    code = study(["report", f"runs={tmp_path / 'runs'}", f"out={out}", "print_table=true"])
     printed = capsys.readouterr().out
     assert code == 0 and "missing: results" in printed
     assert _errors(out / "all" / "report.ipynb") == []
@@ -68,7 +68,7 @@ def test_a_failing_cell_gives_a_partial_report_and_says_where(tmp_path, capsys, 
         raise PapermillExecutionError(3, 4, "sections.show(...)", "ValueError", "boom", [])
 
     monkeypatch.setattr(papermill, "execute_notebook", failing_execution)
-    code = study(["report", "--runs", str(tmp_path), "--out", str(tmp_path / "out")])
+    code = study(["report", f"runs={tmp_path}", f"out={tmp_path / 'out'}"])
     error = capsys.readouterr().err
     assert code == 1 and "report cell 4 raised ValueError: boom" in error and "partial report" in error
     assert (tmp_path / "out" / "all" / "report.html").is_file()
