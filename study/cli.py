@@ -32,7 +32,7 @@ HELP_FLAGS = ("-h", "--help")
 def hydra_overrides(positional: str = "", cfg: bool = False, extra: str = "") -> Callable[[], str]:
     """Arguments help for a command that composes experiments/ with Hydra overrides."""
     def describe() -> str:
-        from study.config import config_groups
+        from study.config_groups import config_groups
         groups = config_groups()
         lines = [f"arguments: {positional + ', then ' if positional else ''}Hydra overrides, each key=value"]
         if positional == "STUDY":
@@ -163,8 +163,8 @@ def data_subcommands() -> dict[str, Subcommand]:
 def bench_subcommands() -> dict[str, Subcommand]:
     from study.bench.command import BENCHMARKS
     found = {}
-    for name in BENCHMARKS:
-        text = module_docstring(f"study.bench.{name}")
+    for name, module in BENCHMARKS.items():
+        text = module_docstring(module)
         first = re.sub(r"^`[^`]*`:\s*", "", text.split("\n\n")[0]).replace("\n", " ").split(". ")[0].rstrip(".")
         found[name] = Subcommand(first, f"study bench {name}", details=text)
     return found

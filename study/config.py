@@ -15,13 +15,13 @@ from omegaconf import MISSING, DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
 from study import validation
+from study.config_groups import CONFIG_DIR, config_groups  # noqa: F401 - part of this module's API
 from study.data.settings import DataSettings
 from study.errors import ConfigError
 from study.records import flatten
 from study.sashimi import ModelConfig, model_preset  # noqa: F401 - model_preset is part of this module's API
 from study.training.settings import TrainSettings
 
-CONFIG_DIR = Path(__file__).resolve().parent.parent / "experiments"
 SCHEMA_NAME = "schema"   # experiments/config.yaml lists it first in its defaults
 
 
@@ -159,14 +159,6 @@ def data_preset(name: str) -> DataSettings:
     if not path.is_file():
         raise ConfigError(f"unknown data config {name!r}: use one of {config_groups()['data']}")
     return validation.build(DataSettings, OmegaConf.load(path), "data")
-
-
-def config_groups() -> dict[str, list[str]]:
-    """Available options for every config group, e.g. {'model': ['sashimi-2', 'sashimi-8'], ...}."""
-    groups = {}
-    for folder in sorted(p for p in CONFIG_DIR.iterdir() if p.is_dir()):
-        groups[folder.name] = sorted(f.stem for f in folder.glob("*.yaml"))
-    return groups
 
 
 def check_group_choices(overrides) -> None:

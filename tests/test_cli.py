@@ -74,7 +74,7 @@ def test_every_command_and_subcommand_answers_help(argv, capsys):
         assert "--cfg" in captured.out
 
 
-@pytest.mark.parametrize("name,settings", [("generate", "study.generation.generator:GenerateConfig"),
+@pytest.mark.parametrize("name,settings", [("generate", "study.generation.command:GenerateConfig"),
                                            ("search-sampling", "analysis.sampling_search:SearchSettings"),
                                            ("report", "analysis.report:ReportSettings"),
                                            ("demo", "study.demo:DemoSettings")])
@@ -129,10 +129,10 @@ def test_a_study_error_is_one_line_exit_2_and_no_traceback(capsys):
     assert main(["info", "model.bogus=1"]) == 2
     captured = capsys.readouterr()
     assert captured.err.count("\n") == 1 and captured.err.startswith("study info: ")
-    assert "Key 'bogus' is not in struct" in captured.err and "Traceback" not in captured.err
+    assert "Key 'bogus' not in 'ModelConfig'" in captured.err and "Traceback" not in captured.err
     assert main(["data", "prepare", "data=nope"]) == 2  # Hydra's message spans lines: still one
     error = capsys.readouterr().err
-    assert error.count("\n") == 1 and error.startswith("study data prepare: ") and "Could not find 'data/nope'" in error
+    assert error.count("\n") == 1 and error.startswith("study data prepare: ") and "data='nope' is not one of the data configs" in error
 
 
 def test_options_other_than_help_and_cfg_are_refused_for_override_commands(capsys):

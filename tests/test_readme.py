@@ -51,6 +51,8 @@ COVERED_BY = {
     "study serve checkpoint=runs/replicate/SIGNATURE/checkpoints/best.pt":
         "tests/serve/test_command.py::test_serve_command_prints_its_url_and_answers",
     "study --help": "tests/test_cli.py::test_help_lists_every_command",
+    "make search": "tests/test_demo.py::test_the_demos_next_commands_read_its_runs_folder",
+    "study run": "tests/test_harness.py::test_replicate_and_ablation_smoke_studies_end_to_end",
     "study COMMAND --help": "tests/test_cli.py::test_every_command_and_subcommand_answers_help",
     "study bench generate --help": "tests/test_cli.py::test_every_command_and_subcommand_answers_help",
     "make help": "tests/test_cli.py::test_make_help_lists_every_target",

@@ -3,50 +3,17 @@
 Each benchmark lives beside the code it measures; this module only dispatches.
 """
 
+import importlib
 import sys
 
-
-def _model(argv):
-    from study.bench.model import main
-    return main(argv)
-
-
-def _data(argv):
-    from study.bench.data import main
-    return main(argv)
-
-
-def _train(argv):
-    from study.bench.train import main
-    return main(argv)
-
-
-def _generate(argv):
-    from study.bench.generate import main
-    return main(argv)
-
-
-def _kernel(argv):
-    from study.bench.kernel import main
-    return main(argv)
-
-
-def _gpu(argv):
-    from study.bench.gpu import main
-    return main(argv)
-
-
-def _serve(argv):
-    from study.serve.bench import main
-    return main(argv)
-
-
-BENCHMARKS = {"model": _model, "data": _data, "train": _train, "generate": _generate, "kernel": _kernel, "gpu": _gpu,
-              "serve": _serve}
+# name -> the module whose main(argv) runs it (imported only when that benchmark runs)
+BENCHMARKS = {"model": "study.bench.model", "data": "study.bench.data", "train": "study.bench.train",
+              "generate": "study.bench.generate", "kernel": "study.bench.kernel", "gpu": "study.bench.gpu",
+              "serve": "study.serve.bench"}
 
 
 def main(argv: list[str]) -> int:
     if not argv or argv[0] not in BENCHMARKS:
         print(f"usage: study bench {{{'|'.join(BENCHMARKS)}}} key=value ...", file=sys.stderr)
         return 2
-    return BENCHMARKS[argv[0]](argv[1:]) or 0
+    return importlib.import_module(BENCHMARKS[argv[0]]).main(argv[1:]) or 0
