@@ -57,7 +57,7 @@ class ModelConfig:
         validation.integers("model.pool", self.pool, "[4,4]", minimum=1)
         self.pool = list(self.pool)
         validation.integer("model.expand", self.expand, 2, minimum=1)
-        validation.integer("model.ff", self.ff, 2, minimum=1)
+        validation.integer("model.ff", self.ff, 2, minimum=0)  # 0: no feed-forward blocks
         validation.number("model.dropout", self.dropout, 0.1, minimum=0, below=1)
         validation.choice("model.norm", self.norm, ("transposed_ln", "layer_norm"))
         validation.integer("data.bits (model.n_classes = 2 ** data.bits)", self.n_classes, 256, minimum=2)

@@ -40,7 +40,7 @@ def test_overrides_reach_preparation(tmp_path, capsys):
     (["data", "prepare", "data=folder"], "data.path=/path/to/music"),
     (["data", "prepare", "data=toy-piano", "data.bits=40"], "data.bits=8"),
     (["data", "prepare", "data=toy-piano", "data.split=[0.9,0.05,0.05]", "data.toy_clips=3"], "val split has 0 files"),
-    (["data", "prepare", "data=no-such-dataset"], "cannot compose the config"),
+    (["data", "prepare", "data=no-such-dataset"], "is not one of the data configs"),
 ])
 def test_user_errors_print_the_message_and_return_2(tmp_path, capsys, argv, message):
     status = main([*argv[:2], *overrides(tmp_path), *argv[2:]])
