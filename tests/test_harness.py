@@ -13,6 +13,7 @@ import pandas as pd
 import pytest
 
 import study.harness as harness
+from study import cli
 from study.harness import StudyDefinitionError, run_study
 
 REPO = Path(__file__).resolve().parent.parent
@@ -92,7 +93,7 @@ def test_broken_study_files_are_definition_errors(tmp_path, monkeypatch, capsys,
     (tmp_path / "bad.yaml").write_text(text)
     with pytest.raises(StudyDefinitionError, match=message):
         run_study("bad", [])
-    assert harness.main(["bad"]) == 2
+    assert cli.main(["run", "bad"]) == 2
     assert "Traceback" not in capsys.readouterr().err
 
 
