@@ -58,7 +58,7 @@ def workspace(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def generator(workspace):
-    return Generator(workspace["checkpoint"], backend="numba")
+    return Generator(workspace["checkpoint"], backend="numba", precision="fp32")
 
 
 def read(path):

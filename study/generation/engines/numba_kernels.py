@@ -1,5 +1,8 @@
 """Vectorised numba kernels of the CPU generation engine: linear layers, the S4 step, norms, GELU, GLU.
 
+Linear weights come as float32 or as bfloat16 (the upper 16 bits of a float32, in uint16), widened
+in registers; every sum accumulates in float32.
+
 Each works on a batch of streams held in float32 rows and is checked through the engine against the
 model; they never allocate inside their loops and never call libm in a loop they mean to vectorise.
 """
@@ -41,6 +44,33 @@ def prefetch(typingctx, array, index):
     return signature, codegen
 
 
+@intrinsic
+def widen(typingctx, value):
+    """A stored weight as float32: float32 as is, a bfloat16 (uint16) shifted into a float32's upper half."""
+    if isinstance(value, types.Float):
+        def codegen(context, builder, sig, args):
+            return context.cast(builder, args[0], sig.args[0], types.float32)
+    elif value == types.uint16:
+        def codegen(context, builder, sig, args):
+            wide = builder.shl(builder.zext(args[0], ir.IntType(32)), ir.Constant(ir.IntType(32), 16))
+            return builder.bitcast(wide, ir.FloatType())
+    else:
+        return None
+    return types.float32(value), codegen
+
+
+def to_bfloat16(values: np.ndarray) -> np.ndarray:
+    """float32 values rounded to the nearest bfloat16 (ties to even), as the uint16 upper halves."""
+    bits = np.ascontiguousarray(values, dtype=np.float32).view(np.uint32).astype(np.uint64)
+    rounded = (bits + 0x7FFF + ((bits >> 16) & 1)) >> 16
+    return rounded.astype(np.uint16)
+
+
+def from_bfloat16(values: np.ndarray) -> np.ndarray:
+    """bfloat16 (uint16 upper halves) widened to float32 exactly."""
+    return (values.astype(np.uint32) << 16).view(np.float32)
+
+
 @numba.njit(**JIT, inline="always")
 def _store4(Y, b, at, bias, o, r0, r1, r2, r3, accumulate):
     y = Y[b, at:at + 4]
@@ -57,19 +87,20 @@ def _store4(Y, b, at, bias, o, r0, r1, r2, r3, accumulate):
 
 
 @numba.njit(**JIT)
-def _linear_stream(P, w, bias, n_out, n_in, X, b, x_off, Y, y_off, accumulate):
+def _linear_stream(P, Q, w, bias, n_out, n_in, X, b, x_off, Y, y_off, accumulate):
     """One stream: Y[b, y_off + o] (+)= sum_i W[o, i] X[b, x_off + i] + bias[o], 4 rows per tile."""
-    weight = P[w:w + n_out * n_in].reshape((n_out, n_in))
+    weight = Q[w:w + n_out * n_in].reshape((n_out, n_in))
     shift = P[bias:bias + n_out]
     x = X[b, x_off:x_off + n_in]
-    limit = P.shape[0]
+    limit = Q.shape[0]
+    step = 64 // Q.itemsize  # one prefetch per cache line
     o = 0
     while o + 4 <= n_out:
         # Keep a software prefetch stream running ahead of the reads, past the end of this matrix into
-        # whatever is stored next (the parameters are laid out in the order the step uses them).
+        # whatever is stored next (the weights are laid out in the order the step uses them).
         ahead = w + (o + 4 * PREFETCH_TILES) * n_in
-        for k in range(0, min(4 * n_in, limit - ahead), 16):
-            prefetch(P, ahead + k)
+        for k in range(0, min(4 * n_in, limit - ahead), step):
+            prefetch(Q, ahead + k)
         w0 = weight[o]
         w1 = weight[o + 1]
         w2 = weight[o + 2]
@@ -80,17 +111,17 @@ def _linear_stream(P, w, bias, n_out, n_in, X, b, x_off, Y, y_off, accumulate):
         a3 = np.float32(0.0)
         for i in range(n_in):
             v = x[i]
-            a0 += w0[i] * v
-            a1 += w1[i] * v
-            a2 += w2[i] * v
-            a3 += w3[i] * v
+            a0 += widen(w0[i]) * v
+            a1 += widen(w1[i]) * v
+            a2 += widen(w2[i]) * v
+            a3 += widen(w3[i]) * v
         _store4(Y, b, y_off + o, shift, o, a0, a1, a2, a3, accumulate)
         o += 4
     while o < n_out:
         w0 = weight[o]
         a0 = np.float32(0.0)
         for i in range(n_in):
-            a0 += w0[i] * x[i]
+            a0 += widen(w0[i]) * x[i]
         if accumulate:
             Y[b, y_off + o] += a0 + shift[o]
         else:
@@ -99,18 +130,19 @@ def _linear_stream(P, w, bias, n_out, n_in, X, b, x_off, Y, y_off, accumulate):
 
 
 @numba.njit(**JIT)
-def _linear_pairs(P, w, bias, n_out, n_in, X, b, x_off, Y, y_off, accumulate):
+def _linear_pairs(P, Q, w, bias, n_out, n_in, X, b, x_off, Y, y_off, accumulate):
     """Streams b and b + 1 together: each weight load serves both, each input load four rows."""
-    weight = P[w:w + n_out * n_in].reshape((n_out, n_in))
+    weight = Q[w:w + n_out * n_in].reshape((n_out, n_in))
     shift = P[bias:bias + n_out]
     x = X[b, x_off:x_off + n_in]
     x2 = X[b + 1, x_off:x_off + n_in]
-    limit = P.shape[0]
+    limit = Q.shape[0]
+    step = 64 // Q.itemsize  # one prefetch per cache line
     o = 0
     while o + 4 <= n_out:
         ahead = w + (o + 4 * PREFETCH_TILES) * n_in
-        for k in range(0, min(4 * n_in, limit - ahead), 16):
-            prefetch(P, ahead + k)
+        for k in range(0, min(4 * n_in, limit - ahead), step):
+            prefetch(Q, ahead + k)
         w0 = weight[o]
         w1 = weight[o + 1]
         w2 = weight[o + 2]
@@ -126,10 +158,10 @@ def _linear_pairs(P, w, bias, n_out, n_in, X, b, x_off, Y, y_off, accumulate):
         for i in range(n_in):
             v = x[i]
             v2 = x2[i]
-            q0 = w0[i]
-            q1 = w1[i]
-            q2 = w2[i]
-            q3 = w3[i]
+            q0 = widen(w0[i])
+            q1 = widen(w1[i])
+            q2 = widen(w2[i])
+            q3 = widen(w3[i])
             a0 += q0 * v
             a1 += q1 * v
             a2 += q2 * v
@@ -146,8 +178,8 @@ def _linear_pairs(P, w, bias, n_out, n_in, X, b, x_off, Y, y_off, accumulate):
         a0 = np.float32(0.0)
         c0 = np.float32(0.0)
         for i in range(n_in):
-            a0 += w0[i] * x[i]
-            c0 += w0[i] * x2[i]
+            a0 += widen(w0[i]) * x[i]
+            c0 += widen(w0[i]) * x2[i]
         if accumulate:
             Y[b, y_off + o] += a0 + shift[o]
             Y[b + 1, y_off + o] += c0 + shift[o]
@@ -158,16 +190,16 @@ def _linear_pairs(P, w, bias, n_out, n_in, X, b, x_off, Y, y_off, accumulate):
 
 
 @numba.njit(**JIT)
-def linear(P, w, bias, n_out, n_in, X, x_off, Y, y_off, batch, accumulate):
+def linear(P, Q, w, bias, n_out, n_in, X, x_off, Y, y_off, batch, accumulate):
     """Y[b, y_off + o] (+)= sum_i W[o, i] X[b, x_off + i] + bias[o] for every stream b,
-    W = P[w:].reshape(n_out, n_in): streams in pairs, then the odd one. (The two loop nests live in
+    W = Q[w:].reshape(n_out, n_in) (float32 or bfloat16), bias = P[bias:]: streams in pairs, then the odd one. (The two loop nests live in
     separate functions: in one function LLVM compiles the single-stream loop 3x slower.)"""
     b = 0
     while b + 1 < batch:
-        _linear_pairs(P, w, bias, n_out, n_in, X, b, x_off, Y, y_off, accumulate)
+        _linear_pairs(P, Q, w, bias, n_out, n_in, X, b, x_off, Y, y_off, accumulate)
         b += 2
     if b < batch:
-        _linear_stream(P, w, bias, n_out, n_in, X, b, x_off, Y, y_off, accumulate)
+        _linear_stream(P, Q, w, bias, n_out, n_in, X, b, x_off, Y, y_off, accumulate)
 
 
 @numba.njit(**JIT)
