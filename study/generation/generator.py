@@ -106,9 +106,13 @@ class Generator:
         except ValueError as error:
             raise GenerationError(str(error)) from error
         self.backend = self.engine.describe()
-        self.precision = getattr(self.engine, "precision", "fp32")   # the linear weights' storage
         log.info("generation %s", self.backend)
         self.load_seconds = time.perf_counter() - started
+
+    def precision_for(self, sampling: SamplingSettings) -> str:
+        """The storage of the linear weights a generation with `sampling` runs with (fp32 | bf16)."""
+        choose = getattr(self.engine, "precision_for", None)
+        return choose(sampling) if choose else "fp32"
 
     @property
     def total_pool(self) -> int:
@@ -177,7 +181,7 @@ class Generator:
         continuations = [Continuation(p, k, index, tokens[index], logp_model[index], logp_sample[index])
                          for index, (p, k) in enumerate(streams)]
         settings = {"seconds": seconds, "samples": length, "n": n, "batch_size": batch_size, "seed": seed,
-                    **asdict(sampling)}
+                    **asdict(sampling), "precision": self.precision_for(sampling)}
         total_samples = len(streams) * length
         timings = {
             "load_seconds": round(self.load_seconds, 4), "prompt_seconds": round(prompt_seconds, 4),
@@ -225,7 +229,7 @@ class Generator:
         folder made earlier with `outputs.staging_folder`), which appears only complete."""
         staging = output if isinstance(output, StagingFolder) else staging_folder(output)
         source = Provenance(self.checkpoint, self.payload, self.audio, self.engine.describe(), str(self.device),
-                            self.precision)
+                            result.settings.get("precision", "fp32"))
         with staging as folder:
             write_outputs(result, folder, source, spectrograms, extra_settings or {})
         return staging.path

@@ -1,8 +1,8 @@
 """Generation backend 'numba': the fused CPU loop of `numba_network` behind the engine Protocol.
 
 Streams of a batch are split over threads (no synchronisation per sample); the linear layers' weights
-are stored in fp32 or bf16 (`PRECISIONS`); the first call of a process says so when numba is
-compiling. It never changes the model.
+are stored in fp32 or bf16, or both ('auto': bf16 when sampling, fp32 when greedy, on one shared state);
+the first call of a process says so when numba is compiling. It never changes the model.
 """
 
 import os
@@ -72,19 +72,29 @@ class FastEngine:
     device = torch.device("cpu")
 
     def __init__(self, model: SaShiMi, threads: int | None = None, precision: str = "fp32"):
-        if precision not in PRECISIONS:
-            raise ValueError(f"precision={precision!r} is unknown for backend numba: use one of {PRECISIONS}")
+        """precision: 'fp32', 'bf16' or 'auto' (bf16 when sampling: the likelihood moves by ~1e-5 bits/sample;
+        fp32 at temperature 0, where one near-tied argmax flipped by bf16 rounding changes the whole stream)."""
+        if precision not in PRECISIONS + ("auto",):
+            raise ValueError(f"precision={precision!r} is unknown for backend numba: use one of "
+                             f"{PRECISIONS + ('auto',)}")
         self.precision = precision
-        self._flat = flatten(network_plan(model), precision)
+        plan = network_plan(model)
+        self._flats = {name: flatten(plan, name) for name in (PRECISIONS if precision == "auto" else (precision,))}
+        self._flat = self._flats["fp32" if precision == "auto" else precision]
         self.threads = threads
         self._pool: ThreadPoolExecutor | None = None
         self._pool_size = 0
         self._lock = threading.Lock()
 
-    @property
-    def bytes_per_sample(self) -> float:
-        """Parameter bytes one stream's step reads, averaged over the pooling period."""
-        return self._flat.bytes_per_sample
+    def precision_for(self, sampling: SamplingSettings) -> str:
+        """The weight storage a run with `sampling` uses."""
+        if self.precision != "auto":
+            return self.precision
+        return "fp32" if sampling.temperature == 0 else "bf16"
+
+    def bytes_for(self, sampling: SamplingSettings) -> float:
+        """Parameter bytes one stream's step reads with `sampling`, averaged over the pooling period."""
+        return self._flats[self.precision_for(sampling)].bytes_per_sample
 
     @property
     def state_size(self) -> int:
@@ -107,7 +117,7 @@ class FastEngine:
             sampling: SamplingSettings, keep_logits: bool = False) -> StepOutputs:
         check_batch(state, first_tokens, forced, keys)
         batch, steps = forced.shape
-        flat = self._flat
+        flat = self._flats[self.precision_for(sampling)]
         first_tokens = np.ascontiguousarray(first_tokens, dtype=np.int64)
         forced = np.ascontiguousarray(forced, dtype=np.int64)
         keys = np.ascontiguousarray(keys, dtype=np.uint64)
@@ -153,5 +163,6 @@ class FastEngine:
 
     def describe(self) -> str:
         threads = self.threads or "one per core, at most one per stream"
-        return (f"backend numba: fused CPU loop over all layers and the sampler, {self.precision} linear weights "
+        precision = "bf16 (fp32 when greedy)" if self.precision == "auto" else self.precision
+        return (f"backend numba: fused CPU loop over all layers and the sampler, {precision} linear weights "
                 f"(threads: {threads})")

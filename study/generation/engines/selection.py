@@ -13,8 +13,9 @@ from study.generation.engines.step import StepEngine
 from study.sashimi import SaShiMi
 
 BACKENDS = ("auto", "numba", "graph", "step")
-# Storage of the linear layers' weights. 'auto': bf16 on 'numba' (it halves the bytes each sample reads
-# and keeps the likelihood within 0.005 bits/sample, tests/generation/test_precision.py), fp32 elsewhere.
+# Storage of the linear layers' weights. 'auto' on 'numba': bf16 when sampling (it halves the linear layers'
+# bytes and moves the likelihood by far less than 0.005 bits/sample, tests/generation/test_precision.py),
+# fp32 at temperature 0 (greedy streams stay those of the reference step); fp32 on the other backends.
 PRECISIONS = ("auto", "fp32", "bf16")
 
 
@@ -28,11 +29,11 @@ def resolve_device(device: str) -> torch.device:
 
 
 def resolve_precision(precision: str, backend: str) -> str:
-    """The weight storage `precision` means for a resolved `backend` ('auto': bf16 on numba, else fp32)."""
+    """The weight storage `precision` means for a resolved `backend` ('auto' stays for numba, else fp32)."""
     if precision not in PRECISIONS:
         raise ValueError(f"precision={precision!r} is unknown: use one of {PRECISIONS}")
     if precision == "auto":
-        return "bf16" if backend == "numba" else "fp32"
+        return "auto" if backend == "numba" else "fp32"
     if precision != "fp32" and backend != "numba":
         raise ValueError(f"precision={precision} is only for backend=numba; use precision=fp32 with backend={backend}")
     return precision
