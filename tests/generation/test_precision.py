@@ -10,7 +10,7 @@ import torch
 from study.data.quantize import tokenize
 from study.data.toy import generate_clip
 from study.generation.engines.numba_engine import FastEngine
-from study.generation.engines.numba_kernels import from_bfloat16, to_bfloat16
+from study.generation.engines.numba_kernels import from_bfloat16, to_bfloat16, to_int8_rows
 from study.generation.engines.selection import make_engine
 from study.generation.engines.step import StepEngine
 from study.generation.sampling import SamplingSettings, stream_keys
@@ -55,25 +55,28 @@ def test_bfloat16_rounding_matches_torch():
     assert np.array_equal(from_bfloat16(expected), torch.from_numpy(values).to(torch.bfloat16).float().numpy())
 
 
-def test_bf16_likelihood_of_music_windows_is_within_the_bound_of_the_reference_step():
+@pytest.mark.parametrize("precision", ["bf16", "int8"])
+def test_reduced_likelihood_of_music_windows_is_within_the_bound_of_the_reference_step(precision):
     model = perturbed_model(**SMALL)
     tokens = music_tokens(2, 1024)
     reference = mean_bits(StepEngine(model, torch.device("cpu")), tokens)
     fp32 = mean_bits(FastEngine(model, threads=1, precision="fp32"), tokens)
-    bf16 = mean_bits(FastEngine(model, threads=1, precision="bf16"), tokens)
+    bf16 = mean_bits(FastEngine(model, threads=1, precision=precision), tokens)
     assert np.abs(fp32 - reference).max() < 1e-5
     assert np.abs(bf16 - reference).max() <= BITS_BOUND
     assert np.abs(bf16 - fp32).max() > 0   # the weights really are rounded
 
 
+@pytest.mark.parametrize("precision", ["bf16", "int8"])
 @pytest.mark.parametrize("preset", ["sashimi-2", "sashimi-8"])
-def test_bf16_likelihood_at_full_size_is_within_the_bound_of_the_fp32_engine(preset):
+def test_reduced_likelihood_at_full_size_is_within_the_bound_of_the_fp32_engine(preset, precision):
     # the fp32 engine equals model.forward at full size (test_engines), and forward equals the step
     model = perturbed_model(preset)
     tokens = music_tokens(2, 2048)
     fp32 = mean_bits(FastEngine(model, threads=1, precision="fp32"), tokens)
-    bf16 = mean_bits(FastEngine(model, threads=1, precision="bf16"), tokens)
-    assert 0 < np.abs(bf16 - fp32).max() <= BITS_BOUND
+    reduced = mean_bits(FastEngine(model, threads=1, precision=precision), tokens)
+    print(preset, precision, "bits/sample moved by", np.abs(reduced - fp32).max())
+    assert 0 < np.abs(reduced - fp32).max() <= BITS_BOUND
 
 
 def test_default_engine_streams_greedy_tokens_of_the_reference_step():
@@ -119,8 +122,8 @@ def truncated_probabilities(logits: np.ndarray, temperature: float, top_k: int) 
     return weights / weights.sum()
 
 
-@pytest.mark.parametrize("temperature, top_k", [(1.0, 0), (0.7, 40)])
-def test_bf16_draws_follow_the_reference_next_token_distribution(temperature, top_k):
+@pytest.mark.parametrize("precision, temperature, top_k", [("bf16", 1.0, 0), ("bf16", 0.7, 40), ("int8", 1.0, 0)])
+def test_reduced_precision_draws_follow_the_reference_next_token_distribution(precision, temperature, top_k):
     model = perturbed_model(**SMALL)
     prompt = music_tokens(1, 300)
     draws = 40_000
@@ -129,7 +132,7 @@ def test_bf16_draws_follow_the_reference_next_token_distribution(temperature, to
     forced = np.append(prompt[0], 0)[None]
     logits = step.run(step.new_state(1), np.full(1, 128), forced, stream_keys(0, [0]), 0, SamplingSettings(),
                       keep_logits=True).logits[0, -1]
-    engine = FastEngine(model, threads=2, precision="bf16")
+    engine = FastEngine(model, threads=2, precision=precision)
     state = engine.new_state(1)
     engine.run(state, np.full(1, 128), prompt, stream_keys(0, [0]), 0, SamplingSettings())
     many = engine.select(state, [0] * draws)
@@ -140,3 +143,11 @@ def test_bf16_draws_follow_the_reference_next_token_distribution(temperature, to
     assert chi_square_p_value(counts, truncated_probabilities(logits, temperature, top_k)) > 1e-3
     # the same draws reject a slightly different distribution: the test has the power to fail
     assert chi_square_p_value(counts, truncated_probabilities(logits, temperature * 1.15, top_k)) < 1e-6
+
+
+def test_int8_rows_round_to_the_nearest_step_of_their_scale():
+    matrix = np.random.default_rng(1).standard_normal((8, 100)) * np.arange(1, 9)[:, None]
+    matrix[3] = 0.0
+    quantized, scales = to_int8_rows(matrix)
+    assert np.array_equal(np.abs(quantized[[0, 1, 2, 4]]).max(axis=1), [127] * 4) and not quantized[3].any()
+    assert np.all(np.abs(quantized * scales[:, None].astype(np.float64) - matrix) <= scales[:, None] * 0.5 + 1e-6)

@@ -72,7 +72,7 @@ class FastEngine:
     device = torch.device("cpu")
 
     def __init__(self, model: SaShiMi, threads: int | None = None, precision: str = "fp32"):
-        """precision: 'fp32', 'bf16' or 'auto' (bf16 when sampling: the likelihood moves by ~1e-5 bits/sample;
+        """precision: 'fp32', 'bf16', 'int8' or 'auto' (bf16 when sampling: the likelihood moves by ~1e-5 bits/sample;
         fp32 at temperature 0, where one near-tied argmax flipped by bf16 rounding changes the whole stream)."""
         if precision not in PRECISIONS + ("auto",):
             raise ValueError(f"precision={precision!r} is unknown for backend numba: use one of "

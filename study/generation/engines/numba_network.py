@@ -20,7 +20,7 @@ import numba
 import numpy as np
 
 from study.generation.engines.numba_kernels import (JIT, NORM_LAYER, NORM_TRANSPOSED, channel_norm, copy_rows,
-                                                    gelu_rows, glu_add, linear, ssm_step, to_bfloat16)
+                                                    gelu_rows, glu_add, linear, ssm_step, to_bfloat16, to_int8_rows)
 from study.generation.engines.numba_plan import FeedForwardPlan, NetworkPlan, S4Plan
 from study.generation.engines.numba_sampler import exp_weights, largest, sample_one, uniform
 
@@ -41,7 +41,8 @@ _HEAD_FIELDS = 17
 _NORM_KINDS = {"transposed": NORM_TRANSPOSED, "layer": NORM_LAYER}
 # Storage of the linear layers' weights (pools, S4 output layers, feed-forward layers, decoder); the S4
 # step matrices, norms, biases and the embedding stay float32 (the recurrence needs its precision).
-PRECISIONS = ("fp32", "bf16")
+# Each stored matrix is followed in `params` by one scale per output row (1 unless int8), then its bias.
+PRECISIONS = ("fp32", "bf16", "int8")
 
 
 @dataclass
@@ -69,7 +70,7 @@ def flatten(plan: NetworkPlan, precision: str = "fp32") -> FlatNetwork:
     parts, weight_parts, sizes = [], [], [0, 0, 0]   # parameter floats, state floats, weight values
     rate = [1.0]                 # how often (per sample) the stage being added runs
     read = [0.0]                 # bytes read per sample, rate-weighted
-    itemsize = 4 if precision == "fp32" else 2
+    itemsize = {"fp32": 4, "bf16": 2, "int8": 1}[precision]
 
     def add(array: np.ndarray, per_sample: float | None = None) -> int:
         flat = np.ascontiguousarray(array, dtype=np.float64).reshape(-1).astype(np.float32)
@@ -79,8 +80,17 @@ def flatten(plan: NetworkPlan, precision: str = "fp32") -> FlatNetwork:
         return sizes[0] - flat.size
 
     def add_weight(array: np.ndarray, per_sample: float | None = None) -> int:
-        flat = np.ascontiguousarray(array, dtype=np.float64).reshape(-1).astype(np.float32)
-        weight_parts.append(flat if precision == "fp32" else to_bfloat16(flat))
+        """The matrix (n_out, n_in) into `weights`, its row scales into `params` (the caller adds the bias next)."""
+        matrix = np.asarray(array, dtype=np.float64)
+        flat = np.ascontiguousarray(matrix).reshape(-1).astype(np.float32)
+        scales = np.ones(matrix.shape[0], np.float32)
+        if precision == "bf16":
+            flat = to_bfloat16(flat)
+        elif precision == "int8":
+            quantized, scales = to_int8_rows(matrix)
+            flat = quantized.reshape(-1)
+        weight_parts.append(flat)
+        add(scales, per_sample)
         sizes[2] += flat.size
         read[0] += itemsize * flat.size * (rate[0] if per_sample is None else per_sample)
         return sizes[2] - flat.size
