@@ -12,7 +12,7 @@ from typing import Optional
 
 from study.command_args import parse_key_values
 from study.errors import GenerationError, StudyError
-from study.generation.engines.selection import BACKENDS
+from study.generation.engines.selection import BACKENDS, PRECISIONS
 from study.generation.generator import Generator, check_request
 from study.generation.outputs import staging_folder
 from study.generation.prompts import DEFAULT_PROMPT_SECONDS, parse_split_prompt
@@ -38,6 +38,7 @@ class GenerateConfig:
     backend: str = "auto"                      # auto | numba | graph | step
     device: str = "auto"                       # auto | cpu | cuda
     threads: int = 0                           # numba threads; 0: one per core, at most one per stream
+    precision: str = "auto"                    # numba linear weights: auto (bf16; fp32 greedy) | fp32 | bf16 | int8
     data_cache: Optional[str] = None           # split prompts: prepared-data folder (default: checkpoint's)
     spectrograms: bool = True
     progress: bool = True
@@ -56,6 +57,8 @@ class GenerateConfig:
             raise GenerationError(f"threads={self.threads} must be >= 0 (0: one per core)")
         if self.backend not in BACKENDS:
             raise GenerationError(f"backend={self.backend!r} is unknown: use one of {', '.join(BACKENDS)}")
+        if self.precision not in PRECISIONS:
+            raise GenerationError(f"precision={self.precision!r} is unknown: use one of {', '.join(PRECISIONS)}")
         if self.device.split(":")[0] not in ("auto", "cpu", "cuda"):
             raise GenerationError(f"device={self.device!r} is unknown: use auto, cpu or cuda")
         if self.prompt_source and self.prompt_source.startswith("split:"):
@@ -96,7 +99,8 @@ def run(config: GenerateConfig) -> Path:
     output = Path(config.output) if config.output else default_output(Path(config.checkpoint))
     staging = staging_folder(output)  # fail on an unwritable destination before loading anything
     try:
-        generator = Generator(config.checkpoint, config.backend, config.device, config.threads or None)
+        generator = Generator(config.checkpoint, config.backend, config.device, config.threads or None,
+                              config.precision)
         prompt = config.prompt_source
         if prompt is None:
             prompts = []

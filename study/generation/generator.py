@@ -34,7 +34,7 @@ from study.data.quantize import zero_token
 from study.errors import CheckpointError, GenerationError
 from study.files import StagingFolder
 from study.generation.engines.protocol import EngineState
-from study.generation.engines.selection import BACKENDS, make_engine, resolve_device
+from study.generation.engines.selection import BACKENDS, PRECISIONS, make_engine, resolve_device
 from study.generation.outputs import Continuation, Generation, Provenance, staging_folder, write_outputs
 from study.generation.prompts import AudioFormat, Prompt, prompt_from_file, prompts_from_split, unconditional_prompt
 from study.generation.sampling import SamplingSettings, stream_keys
@@ -82,11 +82,14 @@ class Generator:
         generator.save(result, "samples/song")
     """
 
-    def __init__(self, checkpoint: str | Path, backend: str = "auto", device: str = "auto", threads: int | None = None):
+    def __init__(self, checkpoint: str | Path, backend: str = "auto", device: str = "auto", threads: int | None = None,
+                 precision: str = "auto"):
         started = time.perf_counter()
         self.checkpoint = Path(checkpoint)
         if backend not in BACKENDS:
             raise GenerationError(f"backend={backend!r} is unknown: use one of {', '.join(BACKENDS)}")
+        if precision not in PRECISIONS:
+            raise GenerationError(f"precision={precision!r} is unknown: use one of {', '.join(PRECISIONS)}")
         try:
             self.device = resolve_device(device)
         except (ValueError, RuntimeError) as error:
@@ -99,12 +102,17 @@ class Generator:
             raise CheckpointError(f"{self.checkpoint}: data.bits={self.audio.bits} gives {2 ** self.audio.bits} "
                                   f"classes but the model has {model.config.n_classes}; the checkpoint is inconsistent")
         try:
-            self.engine = make_engine(model, backend, self.device, threads or None)
+            self.engine = make_engine(model, backend, self.device, threads or None, precision)
         except ValueError as error:
             raise GenerationError(str(error)) from error
         self.backend = self.engine.describe()
         log.info("generation %s", self.backend)
         self.load_seconds = time.perf_counter() - started
+
+    def precision_for(self, sampling: SamplingSettings) -> str:
+        """The storage of the linear weights a generation with `sampling` runs with (fp32 | bf16)."""
+        choose = getattr(self.engine, "precision_for", None)
+        return choose(sampling) if choose else "fp32"
 
     @property
     def total_pool(self) -> int:
@@ -173,7 +181,7 @@ class Generator:
         continuations = [Continuation(p, k, index, tokens[index], logp_model[index], logp_sample[index])
                          for index, (p, k) in enumerate(streams)]
         settings = {"seconds": seconds, "samples": length, "n": n, "batch_size": batch_size, "seed": seed,
-                    **asdict(sampling)}
+                    **asdict(sampling), "precision": self.precision_for(sampling)}
         total_samples = len(streams) * length
         timings = {
             "load_seconds": round(self.load_seconds, 4), "prompt_seconds": round(prompt_seconds, 4),
@@ -220,7 +228,8 @@ class Generator:
         """Write WAVs, spectrograms, tokens.npz and manifest.json into `output` (a path, or a staging
         folder made earlier with `outputs.staging_folder`), which appears only complete."""
         staging = output if isinstance(output, StagingFolder) else staging_folder(output)
-        source = Provenance(self.checkpoint, self.payload, self.audio, self.engine.describe(), str(self.device))
+        source = Provenance(self.checkpoint, self.payload, self.audio, self.engine.describe(), str(self.device),
+                            result.settings.get("precision", "fp32"))
         with staging as folder:
             write_outputs(result, folder, source, spectrograms, extra_settings or {})
         return staging.path

@@ -56,6 +56,7 @@ class Provenance:
     audio: AudioFormat
     backend: str           # the engine's describe() after the run (says if CUDA graph capture failed)
     device: str
+    precision: str = "fp32"  # storage of the engine's linear weights (fp32 | bf16 | int8)
 
 
 def staging_folder(output: str | Path) -> StagingFolder:
@@ -126,6 +127,7 @@ def write_outputs(result: Generation, folder: Path, source: Provenance, spectrog
         "audio": {**asdict(source.audio), "wav_subtype": WAV_SUBTYPE},
         "backend": source.backend,  # after the run: says if CUDA graph capture failed
         "device": source.device,
+        "precision": source.precision,
         "prompts": prompts_record,
         "continuations": continuations_record,
         "ranking": {"by": "mean model log-likelihood per sample (nats, temperature 1, no truncation), "

@@ -41,7 +41,8 @@ class Service:
 
     def __init__(self, settings: ServeSettings, checkpoint: str | Path):
         self.settings = settings
-        self.generator = Generator(checkpoint, settings.backend, settings.device, settings.threads or None)
+        self.generator = Generator(checkpoint, settings.backend, settings.device, settings.threads or None,
+                                   settings.precision)
         self.audio = self.generator.audio
         self.scheduler = Scheduler(self.generator.engine, self.generator.total_pool, settings.chunk_samples,
                                    settings.max_streams, settings.max_queue, zero_token(self.audio.bits),
@@ -163,7 +164,8 @@ class Service:
                                     n=settings.n, batch_size=self.settings.max_streams,
                                     temperature=settings.temperature, top_p=settings.top_p, top_k=settings.top_k,
                                     seed=settings.seed, backend=self.settings.backend, device=self.settings.device,
-                                    threads=self.settings.threads, spectrograms=False, progress=False)
+                                    threads=self.settings.threads, precision=self.settings.precision,
+                                    spectrograms=False, progress=False)
             extra = {**asdict(config), "output": None, "served": {"job": job.id, "status": job.status}}
             job.folder = self.generator.save(result, self.folder / f"job-{job.id}", spectrograms=False,
                                              extra_settings=extra)

@@ -58,7 +58,7 @@ def workspace(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def generator(workspace):
-    return Generator(workspace["checkpoint"], backend="numba")
+    return Generator(workspace["checkpoint"], backend="numba", precision="fp32")
 
 
 def read(path):
@@ -145,6 +145,7 @@ def test_cli_writes_everything_and_ranks_by_model_likelihood(workspace, tmp_path
     assert str(output) in printed and "ranking" in printed
     manifest = json.loads((output / "manifest.json").read_text())
     assert manifest["settings"]["temperature"] == 0.9 and manifest["checkpoint"]["sha256"]
+    assert manifest["precision"] == manifest["settings"]["precision"] == "bf16"   # the default when sampling
     assert manifest["timings"]["real_time_factor_per_stream"] > 0
     order = manifest["ranking"]["order"]
     means = {c["id"]: c["log_likelihood"]["model"]["mean_nats"] for c in manifest["continuations"]}
@@ -158,6 +159,23 @@ def test_cli_writes_everything_and_ranks_by_model_likelihood(workspace, tmp_path
     tokens = np.load(output / "tokens.npz")
     assert tokens["continuation_tokens"].shape == (3, 320)
     assert not list(tmp_path.glob(".samples.tmp-*"))
+
+
+@pytest.mark.parametrize("precision, temperature, stored", [("auto", 0, "fp32"), ("fp32", 1, "fp32"),
+                                                             ("bf16", 0, "bf16")])
+def test_precision_is_chosen_on_the_command_line_and_recorded(workspace, tmp_path, precision, temperature, stored):
+    output = tmp_path / "samples"
+    assert cli.main(["generate", f"checkpoint={workspace['checkpoint']}", "seconds=0.005", f"output={output}",
+                     f"precision={precision}", f"temperature={temperature}", "progress=false"]) == 0
+    manifest = json.loads((output / "manifest.json").read_text())
+    assert manifest["precision"] == manifest["settings"]["precision"] == stored
+    assert f"{'bf16 (fp32 when greedy)' if precision == 'auto' else stored} linear weights" in manifest["backend"]
+
+
+def test_reduced_precision_is_refused_off_the_numba_backend(workspace):
+    with pytest.raises(GenerationError, match="precision=bf16 is only for backend=numba"):
+        Generator(workspace["checkpoint"], backend="step", precision="bf16")
+    assert Generator(workspace["checkpoint"], backend="step").precision_for(SamplingSettings()) == "fp32"
 
 
 def test_unconditional_generation_starts_from_the_zero_token(workspace, generator):
@@ -266,6 +284,7 @@ def test_bad_prompts_are_refused_with_the_reason(workspace, tmp_path, capsys, ki
     (["prompt_start_seconds=-2"], "prompt_start_seconds=-2.0 must be >= 0"),
     (["prompt_windows=0"], "prompt_windows=0 must be >= 1"),
     (["threads=-1"], "threads=-1 must be >= 0"),
+    (["precision=int4"], "precision='int4' is unknown"),
     (["n=0"], "n=0 must be >= 1"),
 ])
 def test_bad_settings_exit_2_with_the_fix(workspace, tmp_path, capsys, arguments, message):

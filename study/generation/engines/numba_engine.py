@@ -1,7 +1,8 @@
 """Generation backend 'numba': the fused CPU loop of `numba_network` behind the engine Protocol.
 
-Streams of a batch are split over threads (no synchronisation per sample); the first call of a
-process says so when numba is compiling. It never changes the model.
+Streams of a batch are split over threads (no synchronisation per sample); the linear layers' weights
+are stored in fp32 or bf16, or both ('auto': bf16 when sampling, fp32 when greedy, on one shared state);
+the first call of a process says so when numba is compiling. It never changes the model.
 """
 
 import os
@@ -14,7 +15,7 @@ from typing import Sequence
 import numpy as np
 import torch
 
-from study.generation.engines.numba_network import FlatNetwork, flatten, run_steps
+from study.generation.engines.numba_network import PRECISIONS, FlatNetwork, flatten, run_steps
 from study.generation.engines.numba_plan import network_plan
 from study.generation.engines.protocol import EngineState, StepOutputs, check_batch, joined_position
 from study.generation.sampling import SamplingSettings
@@ -31,35 +32,36 @@ def default_threads(batch_size: int) -> int:
 
 
 COMPILE_NOTICE_SECONDS = 1.0   # say so when compiling takes longer than this
-_compiled = threading.Event()
+_compiled: set[str] = set()     # precisions whose `run_steps` is compiled or loaded in this process
 _compile_lock = threading.Lock()
 
 
-def _compiling() -> bool:
-    """True once numba found no cached machine code for `run_steps` in this process (it compiles then)."""
-    return sum(run_steps.stats.cache_misses.values()) > 0
+def _compiling(misses_before: int = 0) -> bool:
+    """True once numba found no cached machine code for `run_steps` since `misses_before` (it compiles then)."""
+    return sum(run_steps.stats.cache_misses.values()) > misses_before
 
 
 def _warm_up(flat: FlatNetwork) -> None:
-    """Compile `run_steps` (or load it from numba's cache) with a one-sample call on scratch arrays,
-    once per process; when it compiles, say so while it runs, and how long it took."""
+    """Compile `run_steps` for this weight storage (or load it from numba's cache) with a one-sample call
+    on scratch arrays, once per process; when it compiles, say so while it runs, and how long it took."""
     with _compile_lock:
-        if _compiled.is_set():
+        if flat.precision in _compiled:
             return
-        notice = threading.Timer(COMPILE_NOTICE_SECONDS, lambda: _compiling() and print(
+        misses = sum(run_steps.stats.cache_misses.values())
+        notice = threading.Timer(COMPILE_NOTICE_SECONDS, lambda: _compiling(misses) and print(
             "compiling the CPU engine (~30 s on an idle machine, cached afterwards)", file=sys.stderr, flush=True))
         notice.daemon = True
         started = time.perf_counter()
         notice.start()
         try:
-            run_steps(flat.params, flat.levels, flat.blocks, flat.head, flat.norm_eps, flat.completed, flat.slots,
+            run_steps(flat.params, flat.weights, flat.levels, flat.blocks, flat.head, flat.norm_eps, flat.completed, flat.slots,
                       np.zeros((1, flat.state_size), np.float32), 0, np.zeros(1, np.int64), np.full((1, 1), -1),
                       np.zeros(1, np.uint64), 0, 1.0, 0, 1.0, np.empty((1, 1), np.int64), np.empty((1, 1)),
                       np.empty((1, 1)), np.empty((1, 0, flat.n_classes), np.float32))
         finally:
             notice.cancel()
-        _compiled.set()
-        if _compiling():
+        _compiled.add(flat.precision)
+        if _compiling(misses):
             print(f"compiled the CPU engine in {time.perf_counter() - started:.0f} s", file=sys.stderr, flush=True)
 
 
@@ -69,12 +71,30 @@ class FastEngine:
     name = "numba"
     device = torch.device("cpu")
 
-    def __init__(self, model: SaShiMi, threads: int | None = None):
-        self._flat = flatten(network_plan(model))
+    def __init__(self, model: SaShiMi, threads: int | None = None, precision: str = "fp32"):
+        """precision: 'fp32', 'bf16', 'int8' or 'auto' (bf16 when sampling: the likelihood moves by ~1e-5 bits/sample;
+        fp32 at temperature 0, where one near-tied argmax flipped by bf16 rounding changes the whole stream)."""
+        if precision not in PRECISIONS + ("auto",):
+            raise ValueError(f"precision={precision!r} is unknown for backend numba: use one of "
+                             f"{PRECISIONS + ('auto',)}")
+        self.precision = precision
+        plan = network_plan(model)
+        self._flats = {name: flatten(plan, name) for name in (PRECISIONS if precision == "auto" else (precision,))}
+        self._flat = self._flats["fp32" if precision == "auto" else precision]
         self.threads = threads
         self._pool: ThreadPoolExecutor | None = None
         self._pool_size = 0
         self._lock = threading.Lock()
+
+    def precision_for(self, sampling: SamplingSettings) -> str:
+        """The weight storage a run with `sampling` uses."""
+        if self.precision != "auto":
+            return self.precision
+        return "fp32" if sampling.temperature == 0 else "bf16"
+
+    def bytes_for(self, sampling: SamplingSettings) -> float:
+        """Parameter bytes one stream's step reads with `sampling`, averaged over the pooling period."""
+        return self._flats[self.precision_for(sampling)].bytes_per_sample
 
     @property
     def state_size(self) -> int:
@@ -97,7 +117,7 @@ class FastEngine:
             sampling: SamplingSettings, keep_logits: bool = False) -> StepOutputs:
         check_batch(state, first_tokens, forced, keys)
         batch, steps = forced.shape
-        flat = self._flat
+        flat = self._flats[self.precision_for(sampling)]
         first_tokens = np.ascontiguousarray(first_tokens, dtype=np.int64)
         forced = np.ascontiguousarray(forced, dtype=np.int64)
         keys = np.ascontiguousarray(keys, dtype=np.uint64)
@@ -110,7 +130,7 @@ class FastEngine:
 
         def part(index: int) -> None:
             lo, hi = bounds[index], bounds[index + 1]
-            run_steps(flat.params, flat.levels, flat.blocks, flat.head, flat.norm_eps, flat.completed, flat.slots,
+            run_steps(flat.params, flat.weights, flat.levels, flat.blocks, flat.head, flat.norm_eps, flat.completed, flat.slots,
                       state.memory[lo:hi], state.position, first_tokens[lo:hi], forced[lo:hi],
                       keys[lo:hi], counter, float(sampling.temperature), int(sampling.top_k), float(sampling.top_p),
                       tokens[lo:hi], logp_model[lo:hi], logp_sample[lo:hi], logits[lo:hi])
@@ -143,4 +163,6 @@ class FastEngine:
 
     def describe(self) -> str:
         threads = self.threads or "one per core, at most one per stream"
-        return f"backend numba: fused CPU loop over all layers and the sampler (threads: {threads})"
+        precision = "bf16 (fp32 when greedy)" if self.precision == "auto" else self.precision
+        return (f"backend numba: fused CPU loop over all layers and the sampler, {precision} linear weights "
+                f"(threads: {threads})")

@@ -1,5 +1,8 @@
 """Vectorised numba kernels of the CPU generation engine: linear layers, the S4 step, norms, GELU, GLU.
 
+Linear weights come as float32, bfloat16 (the upper 16 bits of a float32, in uint16) or int8 with
+one scale per output row, widened in registers; every sum accumulates in float32.
+
 Each works on a batch of streams held in float32 rows and is checked through the engine against the
 model; they never allocate inside their loops and never call libm in a loop they mean to vectorise.
 """
@@ -41,35 +44,77 @@ def prefetch(typingctx, array, index):
     return signature, codegen
 
 
+@intrinsic
+def widen(typingctx, value):
+    """A stored weight as float32: float32 as is, a bfloat16 (uint16) shifted into a float32's upper half,
+    an int8 converted (its row's scale is applied to the sum)."""
+    if value == types.int8:
+        def codegen(context, builder, sig, args):
+            return builder.sitofp(args[0], ir.FloatType())
+    elif isinstance(value, types.Float):
+        def codegen(context, builder, sig, args):
+            return context.cast(builder, args[0], sig.args[0], types.float32)
+    elif value == types.uint16:
+        def codegen(context, builder, sig, args):
+            wide = builder.shl(builder.zext(args[0], ir.IntType(32)), ir.Constant(ir.IntType(32), 16))
+            return builder.bitcast(wide, ir.FloatType())
+    else:
+        return None
+    return types.float32(value), codegen
+
+
+def to_bfloat16(values: np.ndarray) -> np.ndarray:
+    """float32 values rounded to the nearest bfloat16 (ties to even), as the uint16 upper halves."""
+    bits = np.ascontiguousarray(values, dtype=np.float32).view(np.uint32).astype(np.uint64)
+    rounded = (bits + 0x7FFF + ((bits >> 16) & 1)) >> 16
+    return rounded.astype(np.uint16)
+
+
+def to_int8_rows(matrix: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(int8 matrix, float32 scale per row): symmetric, round to nearest, |w| max of a row -> 127."""
+    matrix = np.asarray(matrix, dtype=np.float64)
+    scales = np.abs(matrix).max(axis=1) / 127.0
+    scales[scales == 0] = 1.0
+    quantized = np.clip(np.rint(matrix / scales[:, None]), -127, 127).astype(np.int8)
+    return quantized, scales.astype(np.float32)
+
+
+def from_bfloat16(values: np.ndarray) -> np.ndarray:
+    """bfloat16 (uint16 upper halves) widened to float32 exactly."""
+    return (values.astype(np.uint32) << 16).view(np.float32)
+
+
 @numba.njit(**JIT, inline="always")
-def _store4(Y, b, at, bias, o, r0, r1, r2, r3, accumulate):
+def _store4(Y, b, at, bias, scale, o, r0, r1, r2, r3, accumulate):
     y = Y[b, at:at + 4]
     if accumulate:
-        y[0] += r0 + bias[o]
-        y[1] += r1 + bias[o + 1]
-        y[2] += r2 + bias[o + 2]
-        y[3] += r3 + bias[o + 3]
+        y[0] += r0 * scale[o] + bias[o]
+        y[1] += r1 * scale[o + 1] + bias[o + 1]
+        y[2] += r2 * scale[o + 2] + bias[o + 2]
+        y[3] += r3 * scale[o + 3] + bias[o + 3]
     else:
-        y[0] = r0 + bias[o]
-        y[1] = r1 + bias[o + 1]
-        y[2] = r2 + bias[o + 2]
-        y[3] = r3 + bias[o + 3]
+        y[0] = r0 * scale[o] + bias[o]
+        y[1] = r1 * scale[o + 1] + bias[o + 1]
+        y[2] = r2 * scale[o + 2] + bias[o + 2]
+        y[3] = r3 * scale[o + 3] + bias[o + 3]
 
 
 @numba.njit(**JIT)
-def _linear_stream(P, w, bias, n_out, n_in, X, b, x_off, Y, y_off, accumulate):
+def _linear_stream(P, Q, w, bias, n_out, n_in, X, b, x_off, Y, y_off, accumulate):
     """One stream: Y[b, y_off + o] (+)= sum_i W[o, i] X[b, x_off + i] + bias[o], 4 rows per tile."""
-    weight = P[w:w + n_out * n_in].reshape((n_out, n_in))
+    weight = Q[w:w + n_out * n_in].reshape((n_out, n_in))
     shift = P[bias:bias + n_out]
+    scale = P[bias - n_out:bias]   # per-row scales of the stored weights, just before the bias
     x = X[b, x_off:x_off + n_in]
-    limit = P.shape[0]
+    limit = Q.shape[0]
+    step = 64 // Q.itemsize  # one prefetch per cache line
     o = 0
     while o + 4 <= n_out:
         # Keep a software prefetch stream running ahead of the reads, past the end of this matrix into
-        # whatever is stored next (the parameters are laid out in the order the step uses them).
+        # whatever is stored next (the weights are laid out in the order the step uses them).
         ahead = w + (o + 4 * PREFETCH_TILES) * n_in
-        for k in range(0, min(4 * n_in, limit - ahead), 16):
-            prefetch(P, ahead + k)
+        for k in range(0, min(4 * n_in, limit - ahead), step):
+            prefetch(Q, ahead + k)
         w0 = weight[o]
         w1 = weight[o + 1]
         w2 = weight[o + 2]
@@ -80,37 +125,39 @@ def _linear_stream(P, w, bias, n_out, n_in, X, b, x_off, Y, y_off, accumulate):
         a3 = np.float32(0.0)
         for i in range(n_in):
             v = x[i]
-            a0 += w0[i] * v
-            a1 += w1[i] * v
-            a2 += w2[i] * v
-            a3 += w3[i] * v
-        _store4(Y, b, y_off + o, shift, o, a0, a1, a2, a3, accumulate)
+            a0 += widen(w0[i]) * v
+            a1 += widen(w1[i]) * v
+            a2 += widen(w2[i]) * v
+            a3 += widen(w3[i]) * v
+        _store4(Y, b, y_off + o, shift, scale, o, a0, a1, a2, a3, accumulate)
         o += 4
     while o < n_out:
         w0 = weight[o]
         a0 = np.float32(0.0)
         for i in range(n_in):
-            a0 += w0[i] * x[i]
+            a0 += widen(w0[i]) * x[i]
         if accumulate:
-            Y[b, y_off + o] += a0 + shift[o]
+            Y[b, y_off + o] += a0 * scale[o] + shift[o]
         else:
-            Y[b, y_off + o] = a0 + shift[o]
+            Y[b, y_off + o] = a0 * scale[o] + shift[o]
         o += 1
 
 
 @numba.njit(**JIT)
-def _linear_pairs(P, w, bias, n_out, n_in, X, b, x_off, Y, y_off, accumulate):
+def _linear_pairs(P, Q, w, bias, n_out, n_in, X, b, x_off, Y, y_off, accumulate):
     """Streams b and b + 1 together: each weight load serves both, each input load four rows."""
-    weight = P[w:w + n_out * n_in].reshape((n_out, n_in))
+    weight = Q[w:w + n_out * n_in].reshape((n_out, n_in))
     shift = P[bias:bias + n_out]
+    scale = P[bias - n_out:bias]   # per-row scales of the stored weights, just before the bias
     x = X[b, x_off:x_off + n_in]
     x2 = X[b + 1, x_off:x_off + n_in]
-    limit = P.shape[0]
+    limit = Q.shape[0]
+    step = 64 // Q.itemsize  # one prefetch per cache line
     o = 0
     while o + 4 <= n_out:
         ahead = w + (o + 4 * PREFETCH_TILES) * n_in
-        for k in range(0, min(4 * n_in, limit - ahead), 16):
-            prefetch(P, ahead + k)
+        for k in range(0, min(4 * n_in, limit - ahead), step):
+            prefetch(Q, ahead + k)
         w0 = weight[o]
         w1 = weight[o + 1]
         w2 = weight[o + 2]
@@ -126,10 +173,10 @@ def _linear_pairs(P, w, bias, n_out, n_in, X, b, x_off, Y, y_off, accumulate):
         for i in range(n_in):
             v = x[i]
             v2 = x2[i]
-            q0 = w0[i]
-            q1 = w1[i]
-            q2 = w2[i]
-            q3 = w3[i]
+            q0 = widen(w0[i])
+            q1 = widen(w1[i])
+            q2 = widen(w2[i])
+            q3 = widen(w3[i])
             a0 += q0 * v
             a1 += q1 * v
             a2 += q2 * v
@@ -138,36 +185,37 @@ def _linear_pairs(P, w, bias, n_out, n_in, X, b, x_off, Y, y_off, accumulate):
             c1 += q1 * v2
             c2 += q2 * v2
             c3 += q3 * v2
-        _store4(Y, b, y_off + o, shift, o, a0, a1, a2, a3, accumulate)
-        _store4(Y, b + 1, y_off + o, shift, o, c0, c1, c2, c3, accumulate)
+        _store4(Y, b, y_off + o, shift, scale, o, a0, a1, a2, a3, accumulate)
+        _store4(Y, b + 1, y_off + o, shift, scale, o, c0, c1, c2, c3, accumulate)
         o += 4
     while o < n_out:
         w0 = weight[o]
         a0 = np.float32(0.0)
         c0 = np.float32(0.0)
         for i in range(n_in):
-            a0 += w0[i] * x[i]
-            c0 += w0[i] * x2[i]
+            a0 += widen(w0[i]) * x[i]
+            c0 += widen(w0[i]) * x2[i]
         if accumulate:
-            Y[b, y_off + o] += a0 + shift[o]
-            Y[b + 1, y_off + o] += c0 + shift[o]
+            Y[b, y_off + o] += a0 * scale[o] + shift[o]
+            Y[b + 1, y_off + o] += c0 * scale[o] + shift[o]
         else:
-            Y[b, y_off + o] = a0 + shift[o]
-            Y[b + 1, y_off + o] = c0 + shift[o]
+            Y[b, y_off + o] = a0 * scale[o] + shift[o]
+            Y[b + 1, y_off + o] = c0 * scale[o] + shift[o]
         o += 1
 
 
 @numba.njit(**JIT)
-def linear(P, w, bias, n_out, n_in, X, x_off, Y, y_off, batch, accumulate):
+def linear(P, Q, w, bias, n_out, n_in, X, x_off, Y, y_off, batch, accumulate):
     """Y[b, y_off + o] (+)= sum_i W[o, i] X[b, x_off + i] + bias[o] for every stream b,
-    W = P[w:].reshape(n_out, n_in): streams in pairs, then the odd one. (The two loop nests live in
+    W = Q[w:].reshape(n_out, n_in) (float32, bfloat16 or int8) times the row scales P[bias - n_out:bias],
+    bias = P[bias:]: streams in pairs, then the odd one. (The two loop nests live in
     separate functions: in one function LLVM compiles the single-stream loop 3x slower.)"""
     b = 0
     while b + 1 < batch:
-        _linear_pairs(P, w, bias, n_out, n_in, X, b, x_off, Y, y_off, accumulate)
+        _linear_pairs(P, Q, w, bias, n_out, n_in, X, b, x_off, Y, y_off, accumulate)
         b += 2
     if b < batch:
-        _linear_stream(P, w, bias, n_out, n_in, X, b, x_off, Y, y_off, accumulate)
+        _linear_stream(P, Q, w, bias, n_out, n_in, X, b, x_off, Y, y_off, accumulate)
 
 
 @numba.njit(**JIT)

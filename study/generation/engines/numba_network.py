@@ -1,7 +1,8 @@
 """The fused numba loop of the CPU engine: the SaShiMi recurrence and the sampler, over a flat network.
 
-`flatten` turns the named plan (`numba_plan.network_plan`) into one float32 array with tables of
-offsets whose layout is private to this module; `run_steps` advances a batch T samples with no
+`flatten` turns the named plan (`numba_plan.network_plan`) into one float32 array, one array of
+linear-layer weights (float32 or bfloat16, `PRECISIONS`) and tables of offsets whose layout is
+private to this module; `run_steps` advances a batch T samples with no
 Python per sample. It must draw the tokens of `SaShiMi.step` + `sampling.sample` and give the logits of
 `SaShiMi.forward` (tests/generation/test_engines.py); it never changes the model and never draws
 from global random state.
@@ -19,7 +20,7 @@ import numba
 import numpy as np
 
 from study.generation.engines.numba_kernels import (JIT, NORM_LAYER, NORM_TRANSPOSED, channel_norm, copy_rows,
-                                                    gelu_rows, glu_add, linear, ssm_step)
+                                                    gelu_rows, glu_add, linear, ssm_step, to_bfloat16, to_int8_rows)
 from study.generation.engines.numba_plan import FeedForwardPlan, NetworkPlan, S4Plan
 from study.generation.engines.numba_sampler import exp_weights, largest, sample_one, uniform
 
@@ -38,12 +39,17 @@ _KIND_S4, _KIND_FF = 0, 1
  _H_Z, _H_HA, _H_HB, _H_COARSE, _H_LOGITS, _H_LN) = range(17)
 _HEAD_FIELDS = 17
 _NORM_KINDS = {"transposed": NORM_TRANSPOSED, "layer": NORM_LAYER}
+# Storage of the linear layers' weights (pools, S4 output layers, feed-forward layers, decoder); the S4
+# step matrices, norms, biases and the embedding stay float32 (the recurrence needs its precision).
+# Each stored matrix is followed in `params` by one scale per output row (1 unless int8), then its bias.
+PRECISIONS = ("fp32", "bf16", "int8")
 
 
 @dataclass
 class FlatNetwork:
     """A plan as flat arrays: `params` float32, tables of offsets into it, and state / work row sizes."""
-    params: np.ndarray       # (P,) float32, in the order the step reads them (the linear layers prefetch ahead)
+    params: np.ndarray       # (P,) float32, in the order the step reads them (the S4 step prefetches ahead)
+    weights: np.ndarray      # (Q,) linear weights, float32 or uint16 (bfloat16), in the order the step reads them
     levels: np.ndarray       # (D + 1, _LEVEL_FIELDS) int64
     blocks: np.ndarray       # (n_blocks, _BLOCK_FIELDS) int64
     head: np.ndarray         # (_HEAD_FIELDS,) int64
@@ -52,17 +58,42 @@ class FlatNetwork:
     slots: np.ndarray        # (total_pool, D) int64
     state_size: int          # floats of recurrent state per stream
     n_classes: int
+    precision: str           # storage of `weights`, one of PRECISIONS
+    bytes_per_sample: float  # parameter bytes one stream's step reads, averaged over the pooling period
 
 
-def flatten(plan: NetworkPlan) -> FlatNetwork:
-    """The plan as the arrays `run_steps` reads (parameters in the order the step uses them)."""
-    parts, sizes = [], [0, 0]   # parameter floats, state floats
+def flatten(plan: NetworkPlan, precision: str = "fp32") -> FlatNetwork:
+    """The plan as the arrays `run_steps` reads (parameters in the order the step uses them), the
+    linear layers' weights stored in `precision`."""
+    if precision not in PRECISIONS:
+        raise ValueError(f"precision={precision!r} is unknown: use one of {PRECISIONS}")
+    parts, weight_parts, sizes = [], [], [0, 0, 0]   # parameter floats, state floats, weight values
+    rate = [1.0]                 # how often (per sample) the stage being added runs
+    read = [0.0]                 # bytes read per sample, rate-weighted
+    itemsize = {"fp32": 4, "bf16": 2, "int8": 1}[precision]
 
-    def add(array: np.ndarray) -> int:
+    def add(array: np.ndarray, per_sample: float | None = None) -> int:
         flat = np.ascontiguousarray(array, dtype=np.float64).reshape(-1).astype(np.float32)
         parts.append(flat)
         sizes[0] += flat.size
+        read[0] += 4 * flat.size * (rate[0] if per_sample is None else per_sample)
         return sizes[0] - flat.size
+
+    def add_weight(array: np.ndarray, per_sample: float | None = None) -> int:
+        """The matrix (n_out, n_in) into `weights`, its row scales into `params` (the caller adds the bias next)."""
+        matrix = np.asarray(array, dtype=np.float64)
+        flat = np.ascontiguousarray(matrix).reshape(-1).astype(np.float32)
+        scales = np.ones(matrix.shape[0], np.float32)
+        if precision == "bf16":
+            flat = to_bfloat16(flat)
+        elif precision == "int8":
+            quantized, scales = to_int8_rows(matrix)
+            flat = quantized.reshape(-1)
+        weight_parts.append(flat)
+        add(scales, per_sample)
+        sizes[2] += flat.size
+        read[0] += itemsize * flat.size * (rate[0] if per_sample is None else per_sample)
+        return sizes[2] - flat.size
 
     def allocate(count: int) -> int:
         sizes[1] += count
@@ -78,32 +109,37 @@ def flatten(plan: NetworkPlan) -> FlatNetwork:
         if isinstance(block, S4Plan):
             row[_B_KIND], row[_B_N2], row[_B_RANK1], row[_B_GLU] = _KIND_S4, block.half_state, block.rank1, block.glu
             row[_B_SSM], row[_B_DSKIP] = add(block.matrices), add(block.skip)
-            row[_B_W1], row[_B_B1] = add(block.output_weight), add(block.output_bias)
+            row[_B_W1], row[_B_B1] = add_weight(block.output_weight), add(block.output_bias)
             row[_B_OUT1] = block.output_weight.shape[0]
             row[_B_MEM] = allocate(2 * block.channels * block.half_state)
         else:
             row[_B_KIND], row[_B_OUT1] = _KIND_FF, block.weight_in.shape[0]
-            row[_B_W1], row[_B_B1] = add(block.weight_in), add(block.bias_in)
-            row[_B_W2], row[_B_B2] = add(block.weight_out), add(block.bias_out)
+            row[_B_W1], row[_B_B1] = add_weight(block.weight_in), add(block.bias_in)
+            row[_B_W2], row[_B_B2] = add_weight(block.weight_out), add(block.bias_out)
         blocks.append(row)
 
     head = np.zeros(_HEAD_FIELDS, np.int64)
-    head[_H_EMBED], head[_H_D0], head[_H_CLASSES] = add(plan.embedding), plan.embedding.shape[1], plan.n_classes
+    d0 = plan.embedding.shape[1]
+    head[_H_EMBED], head[_H_D0], head[_H_CLASSES] = add(plan.embedding, d0 / plan.embedding.size), d0, plan.n_classes
     levels = np.zeros((len(plan.levels), _LEVEL_FIELDS), np.int64)
     for index, level in enumerate(plan.levels):
         levels[index, _L_H], levels[index, _L_STRIDE] = level.channels, level.stride
-        if level.stride:
-            levels[index, _L_DOWN_W], levels[index, _L_DOWN_B] = add(level.down_weight), add(level.down_bias)
+        if level.stride:   # the pools run when the next level receives a sample
+            inner = rate[0] / level.stride
+            levels[index, _L_DOWN_W] = add_weight(level.down_weight, inner)
+            levels[index, _L_DOWN_B] = add(level.down_bias, inner)
             levels[index, _L_DOWN_BUF] = allocate(level.channels * level.stride)
-            levels[index, _L_UP_W], levels[index, _L_UP_B] = add(level.up_weight), add(level.up_bias)
+            levels[index, _L_UP_W], levels[index, _L_UP_B] = add_weight(level.up_weight, inner), add(level.up_bias, inner)
             levels[index, _L_UP_BUF] = allocate(level.channels * level.stride)
         levels[index, _L_FIRST] = len(blocks)
         for block in level.blocks:
             add_block(block)
         levels[index, _L_END] = len(blocks)
+        rate[0] /= max(level.stride, 1)
+    rate[0] = 1.0
     head[_H_FINAL_W], head[_H_FINAL_B] = add(plan.final_weight), add(plan.final_bias)
     eps.append(plan.final_eps)
-    head[_H_DEC_W], head[_H_DEC_B] = add(plan.decoder_weight), add(plan.decoder_bias)
+    head[_H_DEC_W], head[_H_DEC_B] = add_weight(plan.decoder_weight), add(plan.decoder_bias)
 
     # Work row per stream: skip inputs of every level, then the scratch vectors.
     widest = int(levels[:, _L_H].max())
@@ -112,7 +148,6 @@ def flatten(plan: NetworkPlan) -> FlatNetwork:
     for index in range(len(plan.levels)):
         levels[index, _L_SKIP] = offset
         offset += int(levels[index, _L_H])
-    d0 = int(head[_H_D0])
     for field, size in ((_H_CUR, widest), (_H_STAGE_IN, widest), (_H_Z, widest), (_H_HA, hidden), (_H_HB, hidden),
                         (_H_COARSE, widest), (_H_LOGITS, plan.n_classes), (_H_LN, d0)):
         head[field] = offset
@@ -120,12 +155,13 @@ def flatten(plan: NetworkPlan) -> FlatNetwork:
     head[_H_WORK], head[_H_STATE] = offset, sizes[1]
     block_table = np.stack(blocks) if blocks else np.zeros((0, _BLOCK_FIELDS), np.int64)
     params = np.concatenate(parts) if parts else np.zeros(0, np.float32)
-    return FlatNetwork(params, levels, block_table, head, np.array(eps, np.float64), plan.completed, plan.slots,
-                 sizes[1], plan.n_classes)
+    weights = np.concatenate(weight_parts) if weight_parts else np.zeros(0, np.float32)
+    return FlatNetwork(params, weights, levels, block_table, head, np.array(eps, np.float64), plan.completed,
+                       plan.slots, sizes[1], plan.n_classes, precision, read[0])
 
 
 @numba.njit(**JIT)
-def _run_blocks(P, blocks, first, end, norm_eps, head, W, S, batch):
+def _run_blocks(P, Q, blocks, first, end, norm_eps, head, W, S, batch):
     """The residual blocks [first, end) of one stage on W[:, cur]: x + layer(norm(x)) each."""
     cur = head[_H_CUR]
     z = head[_H_Z]
@@ -139,19 +175,19 @@ def _run_blocks(P, blocks, first, end, norm_eps, head, W, S, batch):
             ssm_step(P, row[_B_SSM], row[_B_N2], channels, row[_B_RANK1], row[_B_DSKIP], W, z, ha, hb, S, row[_B_MEM], batch)
             gelu_rows(W, ha, channels, batch)
             if row[_B_GLU]:
-                linear(P, row[_B_W1], row[_B_B1], row[_B_OUT1], channels, W, ha, W, hb, batch, False)
+                linear(P, Q, row[_B_W1], row[_B_B1], row[_B_OUT1], channels, W, ha, W, hb, batch, False)
                 glu_add(W, hb, channels, cur, batch)
             else:
-                linear(P, row[_B_W1], row[_B_B1], row[_B_OUT1], channels, W, ha, W, cur, batch, True)
+                linear(P, Q, row[_B_W1], row[_B_B1], row[_B_OUT1], channels, W, ha, W, cur, batch, True)
         else:
             hidden = row[_B_OUT1]
-            linear(P, row[_B_W1], row[_B_B1], hidden, channels, W, z, W, ha, batch, False)
+            linear(P, Q, row[_B_W1], row[_B_B1], hidden, channels, W, z, W, ha, batch, False)
             gelu_rows(W, ha, hidden, batch)
-            linear(P, row[_B_W2], row[_B_B2], channels, hidden, W, ha, W, cur, batch, True)
+            linear(P, Q, row[_B_W2], row[_B_B2], channels, hidden, W, ha, W, cur, batch, True)
 
 
 @numba.njit(**JIT)
-def _network_step(P, levels, blocks, head, norm_eps, completed, slots, S, position, tokens, W, batch):
+def _network_step(P, Q, levels, blocks, head, norm_eps, completed, slots, S, position, tokens, W, batch):
     """One sample for the batch: tokens (batch,) in, logits at W[b, head[_H_LOGITS]:] out; the stages
     that run and the pool slots are the model's schedule at this phase (completed, slots)."""
     depth = levels.shape[0] - 1
@@ -182,14 +218,14 @@ def _network_step(P, levels, blocks, head, norm_eps, completed, slots, S, positi
                 out[h] = x[h]
         if level == top:
             break
-        linear(P, levels[level, _L_DOWN_W], levels[level, _L_DOWN_B], levels[level + 1, _L_H], channels * stride,
+        linear(P, Q, levels[level, _L_DOWN_W], levels[level, _L_DOWN_B], levels[level + 1, _L_H], channels * stride,
                 S, buf, W, levels[level + 1, _L_SKIP], batch, False)
     # centre
     if top == depth:
         channels = levels[depth, _L_H]
         skip = levels[depth, _L_SKIP]
         copy_rows(W, skip, W, cur, channels, batch)
-        _run_blocks(P, blocks, levels[depth, _L_FIRST], levels[depth, _L_END], norm_eps, head, W, S, batch)
+        _run_blocks(P, Q, blocks, levels[depth, _L_FIRST], levels[depth, _L_END], norm_eps, head, W, S, batch)
         for b in range(batch):
             x = W[b, cur:cur + channels]
             s = W[b, skip:skip + channels]
@@ -213,9 +249,9 @@ def _network_step(P, levels, blocks, head, norm_eps, completed, slots, S, positi
                 out[h] = value
                 kept[h] = value
         if level < top:  # the coarse output of this step refills the buffer for the next group
-            linear(P, levels[level, _L_UP_W], levels[level, _L_UP_B], channels * stride, levels[level + 1, _L_H],
+            linear(P, Q, levels[level, _L_UP_W], levels[level, _L_UP_B], channels * stride, levels[level + 1, _L_H],
                     W, coarse, S, buf, batch, False)
-        _run_blocks(P, blocks, levels[level, _L_FIRST], levels[level, _L_END], norm_eps, head, W, S, batch)
+        _run_blocks(P, Q, blocks, levels[level, _L_FIRST], levels[level, _L_END], norm_eps, head, W, S, batch)
         for b in range(batch):
             x = W[b, cur:cur + channels]
             s = W[b, stage_in:stage_in + channels]
@@ -243,11 +279,11 @@ def _network_step(P, levels, blocks, head, norm_eps, completed, slots, S, positi
         inv = np.float32(1.0 / math.sqrt(var / np.float32(d0) + eps))
         for i in range(d0):
             y[i] = (x[i] - mean) * inv * weight[i] + bias[i]
-    linear(P, head[_H_DEC_W], head[_H_DEC_B], head[_H_CLASSES], d0, W, ln, W, head[_H_LOGITS], batch, False)
+    linear(P, Q, head[_H_DEC_W], head[_H_DEC_B], head[_H_CLASSES], d0, W, ln, W, head[_H_LOGITS], batch, False)
 
 
 @numba.njit(nogil=True, **JIT)
-def run_steps(P, levels, blocks, head, norm_eps, completed, slots, S, position, first_tokens, forced, stream_keys, counter,
+def run_steps(P, Q, levels, blocks, head, norm_eps, completed, slots, S, position, first_tokens, forced, stream_keys, counter,
               temperature, top_k, top_p, out_tokens, out_logp_model, out_logp_sample, out_logits):
     """Advance `batch` streams by T = forced.shape[1] samples from state S (batch, state_size) at `position`.
 
@@ -268,7 +304,7 @@ def run_steps(P, levels, blocks, head, norm_eps, completed, slots, S, position, 
     candidates = np.empty(classes, np.int64)
     keep_logits = out_logits.shape[1] == steps
     for t in range(steps):
-        _network_step(P, levels, blocks, head, norm_eps, completed, slots, S, position + t, tokens, W, batch)
+        _network_step(P, Q, levels, blocks, head, norm_eps, completed, slots, S, position + t, tokens, W, batch)
         for b in range(batch):
             logits = W[b, at:at + classes]
             if keep_logits:
