@@ -38,3 +38,13 @@ def test_every_direct_dependency_has_an_import_name():
 def test_packages_ray_vendors_on_sys_path_are_not_counted():
     import ray  # noqa: F401 - puts ray/thirdparty_files (colorama, psutil, ...) on sys.path
     assert check_install.lock_differences() == []
+
+
+def test_make_lock_runs_the_command_the_lock_records():
+    """`make lock` regenerates the lock with exactly the resolution the committed lock says made it."""
+    import re
+    recipe = next(line for line in (ROOT / "Makefile").read_text().splitlines() if "uv pip compile" in line)
+    made_by = (ROOT / "requirements.lock").read_text().splitlines()[1].removeprefix("#").strip()
+    command = re.sub(r"\s+", " ", recipe.replace("$(BIN)/", "").replace(" --quiet", "")
+                     .replace("$(LOCK)", "requirements.lock")).strip()
+    assert command == made_by

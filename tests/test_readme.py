@@ -51,6 +51,9 @@ COVERED_BY = {
     "study serve checkpoint=runs/replicate/SIGNATURE/checkpoints/best.pt":
         "tests/serve/test_command.py::test_serve_command_prints_its_url_and_answers",
     "study --help": "tests/test_cli.py::test_help_lists_every_command",
+    "make install": "tests/test_install.py::test_installed_versions_equal_the_lock",
+    "make check-install": "tests/test_install.py::test_installed_versions_equal_the_lock",
+    "make lock": "tests/test_install.py::test_make_lock_runs_the_command_the_lock_records",
     "make search": "tests/test_demo.py::test_the_demos_next_commands_read_its_runs_folder",
     "study run": "tests/test_harness.py::test_replicate_and_ablation_smoke_studies_end_to_end",
     "study COMMAND --help": "tests/test_cli.py::test_every_command_and_subcommand_answers_help",
