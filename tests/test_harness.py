@@ -14,6 +14,7 @@ import pytest
 
 import study.harness as harness
 import study.studies as studies
+from study import cli
 from study.errors import ConfigError, StudyDefinitionError
 from study.harness import run_study
 
@@ -94,7 +95,7 @@ def test_broken_study_files_are_definition_errors(tmp_path, monkeypatch, capsys,
     (tmp_path / "bad.yaml").write_text(text)
     with pytest.raises(StudyDefinitionError, match=message):
         run_study("bad", [])
-    assert harness.main(["bad"]) == 2
+    assert cli.main(["run", "bad"]) == 2
     assert "Traceback" not in capsys.readouterr().err
 
 

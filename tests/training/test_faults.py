@@ -17,6 +17,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from study import cli
 from study.config import ConfigError
 from study.files import StagingFolder, make_temporary_folder, write_atomic
 from study.training import loop
@@ -108,7 +109,7 @@ def test_a_held_run_folder_is_refused_with_the_holder_and_exit_2(tmp_path, data_
         with pytest.raises(RunLockedError, match=f"is already being trained by pid {os.getpid()} on host "
                                                  f"{socket.gethostname()}"):
             train(experiment)
-        assert loop.main(arguments) == 2
+        assert cli.main(["train", *arguments]) == 2
     error = capsys.readouterr().err
     assert f"run {experiment.run_dir} (tiny) is already being trained by pid {os.getpid()}" in error
     assert "Traceback" not in error
