@@ -155,7 +155,7 @@ def draw_heatmap(table: pd.DataFrame, path: Path) -> None:
 
 def resolve_checkpoint(value: str, runs: Path) -> Path:
     """A checkpoint path, or study:NAME -> the best finished trial's best.pt of that study."""
-    from study.harness import best_checkpoint
+    from study.studies import best_checkpoint
     if value.startswith("study:"):
         return best_checkpoint(runs, value.removeprefix("study:"))
     path = Path(value).expanduser()

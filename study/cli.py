@@ -133,7 +133,7 @@ def run_config(argv: list[str]) -> str:
     from omegaconf import OmegaConf
 
     from study.config import compose_config
-    from study.harness import load_study, plan_trials, split_overrides
+    from study.studies import load_study, plan_trials, split_overrides
     if not argv or "=" in argv[0]:
         raise ConfigError("study run --cfg needs the study first, e.g. study run replicate scale=smoke --cfg")
     definition = load_study(argv[0])

@@ -19,7 +19,7 @@ from study.config_groups import CONFIG_DIR, config_groups  # noqa: F401 - part o
 from study.data.settings import DataSettings
 from study.errors import ConfigError
 from study.records import flatten
-from study.sashimi import ModelConfig, model_preset  # noqa: F401 - model_preset is part of this module's API
+from study.model_config import ModelConfig, model_preset  # noqa: F401 - model_preset is part of this module's API
 from study.training.settings import TrainSettings
 
 SCHEMA_NAME = "schema"   # experiments/config.yaml lists it first in its defaults

@@ -16,7 +16,7 @@ from study.data.settings import DataSettings
 from study.errors import ConfigError
 from study.errors import GenerationError
 from study.generation.command import GenerateConfig
-from study.sashimi import ModelConfig
+from study.model_config import ModelConfig
 from study.training.experiment import load_experiment
 from study.training.settings import TrainSettings
 

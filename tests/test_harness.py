@@ -13,8 +13,10 @@ import pandas as pd
 import pytest
 
 import study.harness as harness
+import study.studies as studies
 from study import cli
-from study.harness import StudyDefinitionError, run_study
+from study.errors import ConfigError, StudyDefinitionError
+from study.harness import run_study
 
 REPO = Path(__file__).resolve().parent.parent
 TINY = ["scale=smoke", "model.d_model=8", "model.d_state=8", "data.sample_len=512", "data.toy_clips=24",
@@ -49,7 +51,7 @@ def test_replicate_and_ablation_smoke_studies_end_to_end(ray_local, tmp_path, ca
     assert list(on_disk["experiment"]) == list(ablation["experiment"])
     assert (on_disk.status == "finished").all() and (on_disk.data == "toy-trio").all()
     assert on_disk.parameters.iloc[0] > on_disk.parameters.iloc[1]
-    for column in harness.METRICS + ["signature", "seed", "wall_seconds", "checkpoint", "run_dir", "trial"]:
+    for column in studies.METRICS + ["signature", "seed", "wall_seconds", "checkpoint", "run_dir", "trial"]:
         assert column in on_disk and on_disk[column].notna().all(), column
     for row in on_disk.itertuples():
         record = json.loads((Path(row.run_dir) / "run.json").read_text())
@@ -73,7 +75,7 @@ def test_unknown_study_lists_the_available_ones():
 
 
 def test_bad_study_files_name_the_file_and_key(tmp_path, monkeypatch):
-    monkeypatch.setattr(harness, "STUDY_DIR", tmp_path)
+    monkeypatch.setattr(studies, "STUDY_DIR", tmp_path)
     (tmp_path / "typo.yaml").write_text("base: []\nvariations: [[]]\nseeds: [0]\nmetrc: x\n")
     with pytest.raises(StudyDefinitionError, match=r"typo.yaml: unknown key 'metrc'"):
         run_study("typo", [])
@@ -89,7 +91,7 @@ def test_bad_study_files_name_the_file_and_key(tmp_path, monkeypatch):
     ("- just\n- a list\n", r"bad.yaml holds a list, not a mapping"),
 ])
 def test_broken_study_files_are_definition_errors(tmp_path, monkeypatch, capsys, text, message):
-    monkeypatch.setattr(harness, "STUDY_DIR", tmp_path)
+    monkeypatch.setattr(studies, "STUDY_DIR", tmp_path)
     (tmp_path / "bad.yaml").write_text(text)
     with pytest.raises(StudyDefinitionError, match=message):
         run_study("bad", [])
@@ -99,35 +101,35 @@ def test_broken_study_files_are_definition_errors(tmp_path, monkeypatch, capsys,
 
 @pytest.mark.parametrize("name", ["../study/replicate", "../../etc/passwd", "/etc/hosts", ".hidden", "a/b"])
 def test_a_study_name_is_a_name_not_a_path(tmp_path, monkeypatch, name):
-    monkeypatch.setattr(harness, "STUDY_DIR", tmp_path / "studies")
+    monkeypatch.setattr(studies, "STUDY_DIR", tmp_path / "studies")
     (tmp_path / "study").mkdir()
     (tmp_path / "study" / "replicate.yaml").write_text("base: []\nvariations: [[]]\n")
     with pytest.raises(StudyDefinitionError, match="is not a plain name"):
         run_study(name, [])
     with pytest.raises(StudyDefinitionError, match="is not a plain name"):
-        harness.best_checkpoint(tmp_path / "runs", name)
+        studies.best_checkpoint(tmp_path / "runs", name)
 
 
 def test_an_unwritable_runs_folder_fails_before_ray_or_data(tmp_path, cache, small_filesystem, monkeypatch):
     runs = small_filesystem(64, read_only=True)
     monkeypatch.setattr(harness, "connect_ray", lambda address: pytest.fail("Ray started for an unwritable folder"))
     started = time.time()
-    with pytest.raises(harness.ConfigError, match="cannot write to .*read-only.*paths.runs="):
+    with pytest.raises(ConfigError, match="cannot write to .*read-only.*paths.runs="):
         run_study("replicate", TINY + [f"paths.runs={runs}", f"paths.data_cache={cache}"])
     assert time.time() - started < 60
 
 
 def test_a_study_folder_is_not_mixed_with_another_definition(tmp_path, cache):
-    study = harness.load_study("grid-lr")
+    study = studies.load_study("grid-lr")
     folder = tmp_path / "runs" / "grid-lr"
-    harness.claim_study_folder(folder, study, TINY)
-    harness.claim_study_folder(folder, study, TINY)  # same definition: fine
+    studies.claim_study_folder(folder, study, TINY)
+    studies.claim_study_folder(folder, study, TINY)  # same definition: fine
     with pytest.raises(StudyDefinitionError, match="another definition"):
-        harness.claim_study_folder(folder, study, TINY + ["model.dropout=0.2"])
+        studies.claim_study_folder(folder, study, TINY + ["model.dropout=0.2"])
 
 
 def test_sample_rate_grid_keeps_the_window_duration(tmp_path, cache):
-    trials = harness.plan_trials(harness.load_study("grid-sample-rate"), TINY + paths(tmp_path, cache))
+    trials = studies.plan_trials(studies.load_study("grid-sample-rate"), TINY + paths(tmp_path, cache))
     lengths = {t.experiment.data.sample_rate: t.experiment.data.sample_len for t in trials}
     assert lengths == {8000: 256, 16000: 512, 24000: 768}
 
@@ -140,7 +142,7 @@ def test_killed_driver_resumes_the_study(tmp_path, cache):
     command = [sys.executable, "-m", "study.cli", "run", "ablation", *arguments]
     driver = subprocess.Popen(command, cwd=REPO, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
                               start_new_session=True)
-    trials = harness.plan_trials(harness.load_study("ablation"), [a for a in arguments if not a.startswith("ray.")])
+    trials = studies.plan_trials(studies.load_study("ablation"), [a for a in arguments if not a.startswith("ray.")])
     records = [t.experiment.run_dir / "run.json" for t in trials]
     deadline, interrupted = time.time() + 400, None
     while time.time() < deadline and interrupted is None:
@@ -182,13 +184,13 @@ def test_study_runs_on_a_multi_node_cluster(tmp_path, cache):
 def test_a_finished_run_is_reused_by_another_study_with_the_same_signature(tmp_path, cache, monkeypatch, capsys):
     from analysis.results import load_results
     from study.training.loop import train
-    monkeypatch.setattr(harness, "STUDY_DIR", tmp_path / "studies")
+    monkeypatch.setattr(studies, "STUDY_DIR", tmp_path / "studies")
     (tmp_path / "studies").mkdir()
     (tmp_path / "studies" / "depth.yaml").write_text("base: []\nvariations: [[experiment=bigband-sashimi-2]]\n")
     (tmp_path / "studies" / "dropout.yaml").write_text("base: [experiment=bigband-sashimi-2]\n"
                                                        "variations: [[model.dropout=0.0]]\n")
     arguments = [a for a in TINY if not a.startswith("ray.")] + paths(tmp_path, cache)
-    (first,) = harness.plan_trials(harness.load_study("depth"), arguments)
+    (first,) = studies.plan_trials(studies.load_study("depth"), arguments)
     record = train(first.experiment)
     monkeypatch.setattr(harness, "connect_ray", lambda address: pytest.fail("the reused trial was launched"))
     table = run_study("dropout", arguments)

@@ -4,7 +4,8 @@ the recurrent face giving the same logits as the parallel one."""
 import pytest
 import torch
 
-from study.sashimi import ModelConfig, build_model, parameter_count, parameter_groups
+from study.model_config import ModelConfig
+from study.sashimi import build_model, parameter_count, parameter_groups
 
 
 @pytest.mark.parametrize("preset,final_act,expected", [

@@ -8,7 +8,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-import study.harness as harness
+import study.studies as studies
 from analysis.grids import grids
 from analysis.results import load_results
 from analysis.sampling_search import resolve_checkpoint
@@ -39,30 +39,30 @@ ROWS = [{"signature": "aaa", "status": "finished", "final/val/bpb": 2.0, "final/
 def test_best_checkpoint_follows_the_study_metric_and_mode(tmp_path):
     write_study(tmp_path, "by-accuracy", [dict(row) for row in ROWS], {"metric": "final/val/accuracy", "mode": "max"})
     write_study(tmp_path, "by-default", [dict(row) for row in ROWS], None)
-    best = harness.best_checkpoint(tmp_path, "by-accuracy")
+    best = studies.best_checkpoint(tmp_path, "by-accuracy")
     assert best.parent.name == "aaa"  # highest val accuracy among finished trials (ccc failed)
-    assert harness.best_checkpoint(tmp_path, "by-default").parent.name == "bbb"  # lowest val bpb
+    assert studies.best_checkpoint(tmp_path, "by-default").parent.name == "bbb"  # lowest val bpb
     assert resolve_checkpoint("study:by-accuracy", tmp_path) == best
-    resolved = harness.resolve_study_references(["train.init_from=study:by-accuracy"], tmp_path)
+    resolved = studies.resolve_study_references(["train.init_from=study:by-accuracy"], tmp_path)
     assert resolved == [f"train.init_from={best}"]
 
 
 def test_study_files_refuse_an_unknown_metric_or_mode(tmp_path, monkeypatch):
-    monkeypatch.setattr(harness, "STUDY_DIR", tmp_path)
+    monkeypatch.setattr(studies, "STUDY_DIR", tmp_path)
     (tmp_path / "odd.yaml").write_text("base: []\nvariations: [[]]\nmetric: final/val/accuracy\nmode: max\n")
-    assert (harness.load_study("odd").metric, harness.load_study("odd").mode) == ("final/val/accuracy", "max")
+    assert (studies.load_study("odd").metric, studies.load_study("odd").mode) == ("final/val/accuracy", "max")
     (tmp_path / "odd.yaml").write_text("base: []\nvariations: [[]]\nmetric: val/bpb\n")
     with pytest.raises(StudyDefinitionError, match="metric 'val/bpb' is not a result column"):
-        harness.load_study("odd")
+        studies.load_study("odd")
     (tmp_path / "odd.yaml").write_text("base: []\nvariations: [[]]\nmode: lowest\n")
     with pytest.raises(StudyDefinitionError, match="mode 'lowest' is not min or max"):
-        harness.load_study("odd")
+        studies.load_study("odd")
 
 
 def test_claimed_study_folder_records_the_selection(tmp_path, monkeypatch):
-    monkeypatch.setattr(harness, "STUDY_DIR", tmp_path)
+    monkeypatch.setattr(studies, "STUDY_DIR", tmp_path)
     (tmp_path / "acc.yaml").write_text("base: []\nvariations: [[]]\nmetric: final/val/accuracy\nmode: max\n")
-    harness.claim_study_folder(tmp_path / "runs" / "acc", harness.load_study("acc"), [])
+    studies.claim_study_folder(tmp_path / "runs" / "acc", studies.load_study("acc"), [])
     recorded = json.loads((tmp_path / "runs" / "acc" / STUDY_FILE).read_text())
     assert (recorded["metric"], recorded["mode"]) == ("final/val/accuracy", "max")
 

@@ -10,7 +10,7 @@ import pandas as pd
 import pytest
 from omegaconf import OmegaConf
 
-import study.harness as harness
+import study.studies as studies
 from study.config import compose_config
 from study.migrate import adopt_moved_run, main as migrate_main, migrate_runs
 from study.records import RESULTS_FILE, RUN_RECORD_FILE, SIGNATURE_EXCLUDED
@@ -48,10 +48,10 @@ def test_shipped_experiment_signatures_are_pinned(experiment, scale):
 
 @pytest.mark.parametrize("name", sorted(TRIALS))
 def test_study_trial_signatures_are_pinned(name, tmp_path, monkeypatch):
-    assert sorted(TRIALS) == harness.available_studies()
-    monkeypatch.setattr(harness, "resolve_study_references", lambda overrides, runs_root: overrides)  # keep study:NAME
+    assert sorted(TRIALS) == studies.available_studies()
+    monkeypatch.setattr(studies, "resolve_study_references", lambda overrides, runs_root: overrides)  # keep study:NAME
     for scale, expected in TRIALS[name].items():
-        trials = harness.plan_trials(harness.load_study(name), [f"scale={scale}", f"paths.runs={tmp_path}"])
+        trials = studies.plan_trials(studies.load_study(name), [f"scale={scale}", f"paths.runs={tmp_path}"])
         assert [trial.experiment.signature for trial in trials] == expected, scale
 
 

@@ -25,7 +25,7 @@ keys: """ + ", ".join(ServeSettings.__dataclass_fields__)
 def resolve_checkpoint(value: str, runs: str) -> Path:
     """A checkpoint path, or study:NAME -> the best finished trial's best.pt of that study."""
     if value.startswith("study:"):
-        from study.harness import best_checkpoint
+        from study.studies import best_checkpoint
         return best_checkpoint(Path(runs), value.removeprefix("study:"))
     path = Path(value).expanduser()
     if not path.is_file():

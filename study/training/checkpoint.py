@@ -14,7 +14,8 @@ import torch
 
 from study.files import write_atomic
 from study.errors import CheckpointError
-from study.sashimi import ModelConfig, SaShiMi
+from study.model_config import ModelConfig
+from study.sashimi import SaShiMi
 
 FORMAT = "sashimi-study/checkpoint/1"
 MAGIC = b"SASHIMI-STUDY-CKPT1\n"

@@ -71,7 +71,7 @@ def evaluate_checkpoint(settings: EvaluateSettings, overrides: list[str], comman
     from study.data.dataset import make_loader
     from study.data.prepare import prepare
     from study.training.checkpoint import load_model
-    from study.training.loop import evaluate, select_device
+    from study.training.evaluation import evaluate, select_device
 
     checkpoint = Path(settings.checkpoint).expanduser()
     device = select_device(settings.device)

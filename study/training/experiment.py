@@ -10,7 +10,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from study.config import ConfigError, compose_config, data_preset, settings_from
 from study.files import checked_name
-from study.sashimi import ModelConfig
+from study.model_config import ModelConfig
 from study.signature import signature
 from study.training.settings import TrainSettings
 

@@ -7,10 +7,8 @@ It never overwrites a good checkpoint with a bad one and never loads one with fu
 
 import logging
 import math
-import random
 import signal
 import sys
-import threading
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -21,64 +19,30 @@ import torch
 from omegaconf import OmegaConf
 from tqdm import tqdm
 
+from study.errors import ConfigError
+from study.files import check_writable, disk_problem, remove_stale_temporaries
+from study.migrate import adopt_moved_run
+from study.sashimi import SaShiMi, describe_parameter_groups, parameter_count, parameter_groups
+from study.signature import config_delta
 from study.training.checkpoint import (CheckpointError, load_checkpoint, load_weights, model_payload, require_keys,
                                        save_checkpoint)
-from study.config import ConfigError
-from study.errors import StudyError
-from study.files import check_writable, checked_name, disk_problem, remove_stale_temporaries
-from study.training.lock import RunLock
-from study.migrate import adopt_moved_run
-from study.signature import config_delta
+from study.training.evaluation import SPLITS_EVALUATED, evaluate, final_metrics, select_device
 from study.training.experiment import Experiment, TrainSettings, load_experiment
-from study.training.metrics import MetricSums, prefixed
+from study.training.init_from import resolve_init_from
+from study.training.lifecycle import InterruptGuard, RunInterrupted, mark_end_state
+from study.training.lock import RunLock
+from study.training.metrics import prefixed
+from study.training.randomness import restore_rng_state, rng_state, seed_everything
 from study.training.record import device_description, git_state, package_versions, read_record, update_record
-from study.sashimi import SaShiMi, describe_parameter_groups, parameter_count, parameter_groups
-from study.training.step import NonFiniteLoss, autocast_for, build_optimizer, train_step
+from study.training.schedule import build_scheduler, group_lr_names
+from study.training.step import NonFiniteLoss, build_optimizer, train_step
 
 log = logging.getLogger(__name__)
-SPLITS_EVALUATED = ("val", "test")
 RESUME_KEYS = ("optimizer_state", "scheduler_state", "rng", "progress")
 
 
 class TrainingDiverged(RuntimeError):
     """The loss or the weights became NaN or infinite; the last checkpoint with finite ones is kept."""
-
-
-class RunInterrupted(Exception):
-    """SIGINT or SIGTERM arrived; the run stopped at a step boundary after writing last.pt."""
-
-    def __init__(self, signal_number: int, message: str = ""):
-        super().__init__(message or f"interrupted by {signal.Signals(signal_number).name}")
-        self.signal_number = signal_number
-
-
-class InterruptGuard:
-    """SIGINT/SIGTERM handlers for the main thread: during training steps they only raise a flag
-    (the loop stops after the step and writes a final checkpoint); elsewhere they stop at once."""
-
-    def __init__(self):
-        self.pending: int | None = None
-        self.deferred = False
-        self.previous = {}
-
-    def _handle(self, number, frame):
-        if self.deferred and self.pending is None:
-            self.pending = number
-            log.warning("%s received: stopping after this step and writing a final checkpoint",
-                        signal.Signals(number).name)
-            return
-        raise RunInterrupted(number)
-
-    def __enter__(self):
-        if threading.current_thread() is threading.main_thread():
-            for number in (signal.SIGINT, signal.SIGTERM):
-                self.previous[number] = signal.signal(number, self._handle)
-        return self
-
-    def __exit__(self, *exc):
-        for number, handler in self.previous.items():
-            signal.signal(number, handler)
-        self.previous = {}
 
 
 @dataclass
@@ -91,93 +55,6 @@ class Progress:
     best_epoch: int = -1
     history: list = field(default_factory=list)
     train_seconds: float = 0.0
-
-
-def select_device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name == "cuda" and not torch.cuda.is_available():
-        raise ConfigError("train.device=cuda but no CUDA GPU is visible; use train.device=cpu or auto")
-    return torch.device(name)
-
-
-def seed_everything(seed: int) -> None:
-    random.seed(seed)
-    np.random.seed(seed % 2**32)
-    torch.manual_seed(seed)
-
-
-def rng_state() -> dict:
-    state = {"torch": torch.get_rng_state(), "python": list(random.getstate()[1]),
-             "python_position": random.getstate()[2],
-             "numpy": torch.from_numpy(np.random.get_state()[1].astype(np.int64)),
-             "numpy_position": int(np.random.get_state()[2])}
-    if torch.cuda.is_available():
-        state["cuda"] = torch.cuda.get_rng_state_all()
-    return state
-
-
-def restore_rng_state(state: dict) -> None:
-    torch.set_rng_state(state["torch"])
-    random.setstate((3, tuple(state["python"]), state["python_position"]))
-    np.random.set_state(("MT19937", state["numpy"].numpy().astype(np.uint32), state["numpy_position"], 0, 0.0))
-    if "cuda" in state and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda"])
-
-
-def group_lr_names(groups: list[dict], settings: TrainSettings) -> list[str]:
-    """A name per optimizer group for its logged lr: lr/default (train.lr with train.weight_decay),
-    lr/no_weight_decay (train.lr, no decay), lr/ssm (the S4 kernel parameters' own lr)."""
-    names = []
-    for group in groups:
-        if group["lr"] != settings.lr:
-            name = "lr/ssm"
-        else:
-            name = "lr/default" if group["weight_decay"] == settings.weight_decay else "lr/no_weight_decay"
-        names.append(name if name not in names else f"{name}_{names.count(name) + 1}")
-    return names
-
-
-def build_scheduler(optimizer, settings: TrainSettings, steps_per_epoch: int):
-    """plateau: ReduceLROnPlateau on val loss per epoch (official); cosine: linear warmup then
-    cosine to min_lr per step; constant: none."""
-    if settings.schedule == "plateau":
-        return torch.optim.lr_scheduler.ReduceLROnPlateau(
-            optimizer, mode="min", factor=settings.plateau_factor, patience=settings.plateau_patience)
-    if settings.schedule == "cosine":
-        total = max(1, settings.max_epochs * steps_per_epoch)
-        base_lrs = [group["lr"] for group in optimizer.param_groups]
-
-        def factor_for(group_index: int) -> Callable[[int], float]:
-            floor = settings.min_lr / base_lrs[group_index] if base_lrs[group_index] > 0 else 0.0
-
-            def factor(step: int) -> float:
-                if step < settings.warmup_steps:
-                    return (step + 1) / settings.warmup_steps
-                progress = min(1.0, (step - settings.warmup_steps) / max(1, total - settings.warmup_steps))
-                return floor + (1 - floor) * 0.5 * (1 + math.cos(math.pi * progress))
-            return factor
-
-        return torch.optim.lr_scheduler.LambdaLR(optimizer, [factor_for(i) for i in range(len(base_lrs))])
-    return None
-
-
-@torch.no_grad()
-def evaluate(model, loader, device, precision: str, max_windows: int | None) -> dict[str, float]:
-    """Metrics over a split (or its first `max_windows` windows, in the split's fixed order)."""
-    model.eval()
-    sums, seen = MetricSums(), 0
-    for inputs, targets in loader:
-        if max_windows is not None and seen >= max_windows:
-            break
-        if max_windows is not None:
-            inputs, targets = inputs[: max_windows - seen], targets[: max_windows - seen]
-        with autocast_for(device, precision):
-            logits = model(inputs.to(device))
-        sums.update(logits.float(), targets.to(device))
-        seen += inputs.shape[0]
-    model.train()
-    return sums.result()
 
 
 class Run:
@@ -389,15 +266,6 @@ class Run:
         rates = {name: group["lr"] for name, group in zip(self.lr_names, self.optimizer.param_groups)}
         return {"lr": rates.get("lr/default", rates.get("lr/no_weight_decay", self.settings.lr)), **rates}
 
-    def _final_metrics(self) -> dict:
-        best = load_checkpoint(self.checkpoint_dir / "best.pt", map_location=self.device)
-        load_weights(self.model, best["model_state"], source="best.pt")
-        final = {}
-        for split, loader in self.eval_loaders.items():
-            final.update(prefixed(evaluate(self.model, loader, self.device, self.settings.precision,
-                                           self.settings.max_eval_windows), f"final/{split}"))
-        return final
-
     def execute(self) -> dict:
         """Train to the end (or resume and finish); returns the run record.
 
@@ -420,22 +288,15 @@ class Run:
             try:
                 return self._execute(record)
             except RunInterrupted as interruption:
-                self._mark(status="interrupted", error=None, interrupted={
+                mark_end_state(self.run_dir, status="interrupted", error=None, interrupted={
                     "signal": signal.Signals(interruption.signal_number).name, "time": time.time(),
                     "step": getattr(getattr(self, "progress", None), "step", None)})
                 raise
             except BaseException as error:
-                self._mark(status="failed", error=f"{type(error).__name__}: {error}")
+                mark_end_state(self.run_dir, status="failed", error=f"{type(error).__name__}: {error}")
                 raise
             finally:
                 self._finish_tracking()
-
-    def _mark(self, **fields) -> None:
-        """Record the run's end state; a record that cannot be written (full disk) must not hide the error."""
-        try:
-            update_record(self.run_dir, **fields)
-        except OSError as error:
-            log.error("could not update %s: %s", self.run_dir / "run.json", error)
 
     def _execute(self, record: dict) -> dict:
         started = time.time()
@@ -472,7 +333,8 @@ class Run:
             if self.interrupts.pending is not None:
                 raise RunInterrupted(self.interrupts.pending)
         self.interrupts.deferred = False
-        final = self._final_metrics()
+        final = final_metrics(self.model, self.checkpoint_dir / "best.pt", self.eval_loaders, self.device,
+                              self.settings.precision, self.settings.max_eval_windows)
         wall = time.time() - started + float(record.get("wall_seconds", 0.0))
         record = update_record(self.run_dir, status="finished", final_metrics=final, wall_seconds=wall,
                                train_seconds=self.progress.train_seconds, best_epoch=self.progress.best_epoch + 1,
@@ -507,22 +369,6 @@ def deviations(settings: TrainSettings) -> list[str]:
     if settings.exempt_decoder_bias:
         found.append("train.exempt_decoder_bias=true: the decoder bias takes no weight decay (official: decayed)")
     return found
-
-
-def resolve_init_from(value: str, runs_root: Path) -> Path:
-    """A checkpoint path, or a run signature found under the runs folder (its best.pt)."""
-    path = Path(value).expanduser()
-    if path.is_file():
-        return path
-    checked_name(value, "train.init_from", "pass a checkpoint file that exists, or a run signature")
-    matches = sorted(runs_root.glob(f"*/{value}*/checkpoints/best.pt"))
-    if len(matches) == 1:
-        return matches[0]
-    if len(matches) > 1:
-        raise ConfigError(f"train.init_from={value} matches several runs: {[str(m) for m in matches]}; "
-                          "give the full signature or a checkpoint path")
-    raise ConfigError(f"train.init_from={value} is neither a checkpoint file nor a run signature under "
-                      f"{runs_root}; pass a path to best.pt or last.pt")
 
 
 def train(experiment: Experiment, reporter=None, command: str = "") -> dict:

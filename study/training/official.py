@@ -26,7 +26,7 @@ from pathlib import Path
 import torch
 
 from study.errors import CheckpointError
-from study.sashimi import ModelConfig
+from study.model_config import ModelConfig
 
 OFFICIAL_DT_TRANSFORMS = ("softplus", "exp")
 

@@ -11,7 +11,8 @@ from study.cli import main as cli
 from study.data.dataset import WindowDataset
 from study.data.prepare import find_prepared
 from study.config import compose_config
-from study.sashimi import ModelConfig, SaShiMi
+from study.model_config import ModelConfig
+from study.sashimi import SaShiMi
 from study.training.checkpoint import load_model
 from tests.training.official_fixture import official_state
 

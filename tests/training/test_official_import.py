@@ -8,7 +8,8 @@ import torch
 from omegaconf import OmegaConf
 
 from study.errors import CheckpointError
-from study.sashimi import ModelConfig, SaShiMi
+from study.model_config import ModelConfig
+from study.sashimi import SaShiMi
 from study.training.official import build_imported, map_official, read_official_state
 from tests.training.official_fixture import official_state, to_v3_names
 
