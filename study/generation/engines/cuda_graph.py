@@ -8,13 +8,12 @@ eagerly (that is what the tests compare with the reference). It never changes th
 
 import logging
 from dataclasses import dataclass
-from typing import Sequence
 
 import numpy as np
 import torch
 
-from study.generation.engines.protocol import EngineState, StepOutputs, check_batch, joined_position
-from study.generation.engines.step import step_and_choose
+from study.generation.engines.protocol import EngineState, StepOutputs, check_batch
+from study.generation.engines.step import RecurrentStateStreams, step_and_choose
 from study.generation.sampling import SamplingSettings, uniforms
 from study.sashimi import RecurrentState, SaShiMi
 
@@ -35,7 +34,7 @@ class _Static:
     graph: object = None
 
 
-class GraphEngine:
+class GraphEngine(RecurrentStateStreams):
     """`model.step` + sampler on static tensors: one CUDA graph per (batch size, sampling settings),
     replayed once per pooling period; eager on a CPU or when capture fails (said once, loudly)."""
 
@@ -51,19 +50,6 @@ class GraphEngine:
         self._static: dict[tuple, _Static] = {}
         self.capture_error: str | None = None
         self._fresh = model.allocate_inference_cache(1)  # its step matrices are computed once, here
-
-    # -- state --------------------------------------------------------------------------------------
-    def new_state(self, batch_size: int) -> EngineState:
-        return EngineState(self._fresh.select([0] * batch_size), batch_size)
-
-    def select(self, state: EngineState, rows: Sequence[int]) -> EngineState:
-        rows = [int(row) for row in np.asarray(rows, dtype=np.int64)]
-        return EngineState(state.memory.select(rows), len(rows), state.position)
-
-    def join(self, states: Sequence[EngineState]) -> EngineState:
-        position = joined_position(states, self.total_pool)
-        memory = RecurrentState.join([state.memory for state in states])
-        return EngineState(memory, sum(state.batch_size for state in states), position)
 
     # -- one sample and one period on the static tensors -----------------------------------------------
     def _one(self, static: _Static, column: int, sampling: SamplingSettings) -> None:

@@ -24,15 +24,12 @@ def step_and_choose(model: SaShiMi, token: torch.Tensor, recurrent: RecurrentSta
     return chosen, log_softmax_at(logits, chosen), logp_sample, logits
 
 
-class StepEngine:
-    """Backend 'step': `model.step` per sample from Python, `study.generation.sampling.sample` per sample."""
+class RecurrentStateStreams:
+    """Streams held as the model's own `RecurrentState`: what the 'step' and 'graph' engines share.
+    Needs `self.model` and `self._fresh` (a one-stream state whose step matrices are computed once)."""
 
-    name = "step"
-
-    def __init__(self, model: SaShiMi, device: str | torch.device = "cpu"):
-        self.model = model
-        self.device = torch.device(device)
-        self._fresh = model.allocate_inference_cache(1)  # its step matrices are computed once, here
+    model: SaShiMi
+    _fresh: RecurrentState
 
     def new_state(self, batch_size: int) -> EngineState:
         return EngineState(self._fresh.select([0] * batch_size), batch_size)
@@ -45,6 +42,17 @@ class StepEngine:
         position = joined_position(states, self.model.config.total_pool)
         memory = RecurrentState.join([state.memory for state in states])
         return EngineState(memory, sum(state.batch_size for state in states), position)
+
+
+class StepEngine(RecurrentStateStreams):
+    """Backend 'step': `model.step` per sample from Python, `study.generation.sampling.sample` per sample."""
+
+    name = "step"
+
+    def __init__(self, model: SaShiMi, device: str | torch.device = "cpu"):
+        self.model = model
+        self.device = torch.device(device)
+        self._fresh = model.allocate_inference_cache(1)  # its step matrices are computed once, here
 
     @torch.no_grad()
     def run(self, state: EngineState, first_tokens: np.ndarray, forced: np.ndarray, keys: np.ndarray, counter: int,
