@@ -13,7 +13,7 @@ from pathlib import Path
 import pandas as pd
 
 from study.command_args import parse_key_values
-from study.errors import ConfigError, StudyError
+from study.errors import ConfigError
 from study.records import RESULTS_FILE, RUN_RECORD_FILE
 from study.signature import signature
 from study.training.record import read_record, update_record
@@ -120,15 +120,11 @@ def migrate_runs(runs_root: Path, dry_run: bool = False) -> tuple[list[Move], li
 
 
 def main(argv: list[str]) -> int:
-    try:
-        settings = parse_key_values(MigrateSettings, argv, "migrate-runs", "runs=runs dry_run=true")
-        runs_root = Path(settings.runs or os.environ.get("STUDY_RUNS", "runs")).expanduser()
-        if not runs_root.is_dir():
-            raise ConfigError(f"runs={runs_root} is not a folder; pass the folder that holds your runs, e.g. runs=runs")
-        moved, refused = migrate_runs(runs_root, settings.dry_run)
-    except StudyError as error:
-        print(f"study migrate-runs: {error}", file=sys.stderr)
-        return 2
+    settings = parse_key_values(MigrateSettings, argv, "migrate-runs", "runs=runs dry_run=true")
+    runs_root = Path(settings.runs or os.environ.get("STUDY_RUNS", "runs")).expanduser()
+    if not runs_root.is_dir():
+        raise ConfigError(f"runs={runs_root} is not a folder; pass the folder that holds your runs, e.g. runs=runs")
+    moved, refused = migrate_runs(runs_root, settings.dry_run)
     verb = "would rename" if settings.dry_run else "renamed"
     for move in moved:
         print(f"{verb} {move.source} -> {move.target.name}")

@@ -11,7 +11,7 @@ import time
 
 from omegaconf import OmegaConf
 
-from study.config import ConfigError, compose_config
+from study.config import compose_config
 from study.data import DataError
 
 LOADER_SECONDS = 2.0
@@ -37,11 +37,7 @@ def main(argv: list[str]) -> int:
     from study.data.settings import DataSettings
     from study.data.sources import resolve_source
 
-    try:
-        config = compose_config(["data=toy-piano", *argv])
-    except ConfigError as error:
-        print(f"study bench data: {error}", file=sys.stderr)
-        return 2
+    config = compose_config(["data=toy-piano", *argv])
     with tempfile.TemporaryDirectory(prefix="study-bench-data-") as scratch:
         paths = OmegaConf.create({"data_cache": os.path.join(scratch, "cache"),
                                   "downloads": str(config.paths.downloads)})

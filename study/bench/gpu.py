@@ -364,11 +364,7 @@ def _interrupt(signum, frame):
 
 
 def main(argv: list[str]) -> int:
-    try:
-        settings = parse_settings(argv)
-    except ConfigError as error:
-        print(error, file=sys.stderr)
-        return 2
+    settings = parse_settings(argv)
     if settings.device == "cuda" and not torch.cuda.is_available():
         print("study bench gpu: needs a CUDA GPU (torch.cuda.is_available() is False on this machine); "
               "device=cpu runs the same plan at tiny shapes", file=sys.stderr)

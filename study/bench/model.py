@@ -1,14 +1,12 @@
 """`study bench model`: forward+backward seconds, tokens/s and peak memory of both presets at batch 1,
 on the current device, each size in its own process. No optimizer step: `study bench train` times that."""
 
-import sys
 from dataclasses import dataclass, field
 
 import torch
 
 from study.bench.timing import run_isolated, time_call
 from study.bench.train import resolved_device
-from study.errors import ConfigError
 from study.sashimi import build_model
 
 
@@ -43,12 +41,8 @@ class Settings:
 def main(argv: list[str]) -> int:
     from study.command_args import parse_key_values
 
-    try:
-        settings = parse_key_values(Settings, argv, "bench model", "presets=[sashimi-2] lengths=[16384]")
-        device = resolved_device(settings.device)
-    except ConfigError as error:
-        print(error, file=sys.stderr)
-        return 2
+    settings = parse_key_values(Settings, argv, "bench model", "presets=[sashimi-2] lengths=[16384]")
+    device = resolved_device(settings.device)
     overrides = {"checkpoint_blocks": True} if settings.checkpoint_blocks else {}
     print(f"forward+backward, batch 1, fp32, device {device}, kernel backend {settings.backend}, "
           f"{torch.get_num_threads()} threads, block checkpointing {'on' if overrides else 'off'}")

@@ -5,7 +5,6 @@
 call it too. Its recipe is the TrainSettings defaults (the one place they are written); it imports no Hydra.
 """
 
-import sys
 import time
 from dataclasses import dataclass, field
 
@@ -88,12 +87,8 @@ def resolved_device(name: str) -> str:
 def main(argv: list[str]) -> int:
     from study.command_args import parse_key_values
 
-    try:
-        settings = parse_key_values(Settings, argv, "bench train", "scales=[smoke] precision=bf16")
-        device = resolved_device(settings.device)
-    except ConfigError as error:
-        print(error, file=sys.stderr)
-        return 2
+    settings = parse_key_values(Settings, argv, "bench train", "scales=[smoke] precision=bf16")
+    device = resolved_device(settings.device)
     print(f"training step (the recipe's AdamW groups, study.training.step.train_step), batch 1, {settings.precision}, "
           f"device {device}, kernel backend {settings.backend}, compile {settings.compile}, "
           f"{torch.get_num_threads()} threads; median of {settings.steps} steps after one warm-up")

@@ -4,14 +4,13 @@ Every setting is checked before anything is loaded or written; it never writes o
 """
 
 import math
-import sys
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Optional
 
 from study.command_args import parse_key_values
-from study.errors import GenerationError, StudyError
+from study.errors import GenerationError
 from study.generation.engines.selection import BACKENDS, PRECISIONS
 from study.generation.generator import Generator, check_request
 from study.generation.outputs import staging_folder
@@ -134,10 +133,5 @@ def main(argv: list[str]) -> int:
     if not argv or argv[0] in ("-h", "--help", "help"):
         print(USAGE)
         return 0
-    try:
-        run(parse_config(argv))
-    except StudyError as error:
-        message = str(error)
-        print(message if message.startswith("study generate:") else f"study generate: {message}", file=sys.stderr)
-        return 2
+    run(parse_config(argv))
     return 0

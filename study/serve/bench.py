@@ -18,7 +18,7 @@ from typing import Optional
 import numpy as np
 
 from study.command_args import parse_key_values
-from study.errors import ConfigError, StudyError
+from study.errors import ConfigError
 
 MAX_CLIENTS = 32
 MAX_SECONDS = 30.0
@@ -121,12 +121,8 @@ async def round_of(url: str, count: int, prompt: bytes, settings: ServeBenchSett
 
 
 def main(argv: list[str]) -> int:
-    try:
-        settings = parse_key_values(ServeBenchSettings, argv, "bench serve", "study bench serve clients=1,4,8 seconds=4")
-        counts = settings.counts()
-    except StudyError as error:
-        print(f"study bench serve: {error}", file=sys.stderr)
-        return 2
+    settings = parse_key_values(ServeBenchSettings, argv, "bench serve", "study bench serve clients=1,4,8 seconds=4")
+    counts = settings.counts()
     import logging
     logging.getLogger("httpx").setLevel(logging.WARNING)
     from study.serve.command import background_server

@@ -4,7 +4,6 @@ Binds 127.0.0.1 unless told otherwise and refuses a non-loopback address without
 changes the checkpoint after start-up.
 """
 
-import sys
 import threading
 import time
 from contextlib import contextmanager
@@ -42,12 +41,8 @@ def main(argv: list[str]) -> int:
 
     from study.serve.app import create_app
     from study.serve.service import Service
-    try:
-        settings = parse_key_values(ServeSettings, argv, "serve", EXAMPLE)
-        service = Service(settings, resolve_checkpoint(settings.checkpoint, settings.runs))
-    except StudyError as error:
-        print(f"study serve: {error}", file=sys.stderr)
-        return 2
+    settings = parse_key_values(ServeSettings, argv, "serve", EXAMPLE)
+    service = Service(settings, resolve_checkpoint(settings.checkpoint, settings.runs))
     try:
         warm = service.warm()
         print(f"study serve: {service.generator.checkpoint} ({service.describe()}); engine warm in {warm:.1f} s; "

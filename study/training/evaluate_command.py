@@ -6,7 +6,6 @@ run record when the checkpoint sits in a run folder). It never changes the check
 """
 
 import json
-import sys
 import time
 from dataclasses import dataclass, field, fields
 from pathlib import Path
@@ -15,7 +14,7 @@ from omegaconf import MISSING, OmegaConf
 
 from study.command_args import parse_key_values
 from study.config import CONFIG_DIR, compose_config
-from study.errors import ConfigError, StudyError
+from study.errors import ConfigError
 from study.training.metrics import prefixed
 from study.records import RUN_RECORD_FILE
 from study.training.record import device_description, read_record, update_record, write_json_atomic
@@ -121,12 +120,8 @@ def evaluate_checkpoint(settings: EvaluateSettings, overrides: list[str], comman
 
 def main(argv: list[str]) -> int:
     mine, overrides = split_arguments(argv)
-    try:
-        settings = parse_key_values(EvaluateSettings, mine, "evaluate", EXAMPLE)
-        result, out = evaluate_checkpoint(settings, overrides, command=" ".join(["study", "evaluate", *argv]))
-    except StudyError as error:
-        print(f"study evaluate: {error}", file=sys.stderr)
-        return 2
+    settings = parse_key_values(EvaluateSettings, mine, "evaluate", EXAMPLE)
+    result, out = evaluate_checkpoint(settings, overrides, command=" ".join(["study", "evaluate", *argv]))
     print(f"{result['data']} ({result['data_fingerprint'][:12]}), quantizer {result['quantizer']}"
           + ("" if result["quantizer_matches_training"] else
              f" (the checkpoint was trained on {result['trained_quantizer']} tokens: not like for like)"))

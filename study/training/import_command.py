@@ -7,7 +7,6 @@ existing imported checkpoint of different weights.
 
 import hashlib
 import math
-import sys
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -16,7 +15,7 @@ from omegaconf import MISSING, OmegaConf
 
 from study.command_args import parse_key_values
 from study.config import compose_config
-from study.errors import CheckpointError, StudyError
+from study.errors import CheckpointError
 from study.sashimi import parameter_count
 from study.training.checkpoint import save_checkpoint
 from study.training.official import build_imported, map_official, read_official_state
@@ -76,12 +75,8 @@ def import_checkpoint(settings: ImportSettings, command: str = "") -> Path:
 
 
 def main(argv: list[str]) -> int:
-    try:
-        settings = parse_key_values(ImportSettings, argv, "import", EXAMPLE)
-        run_dir = import_checkpoint(settings, command=" ".join(["study", "import", *argv]))
-    except StudyError as error:
-        print(f"study import: {error}", file=sys.stderr)
-        return 2
+    settings = parse_key_values(ImportSettings, argv, "import", EXAMPLE)
+    run_dir = import_checkpoint(settings, command=" ".join(["study", "import", *argv]))
     record = read_record(run_dir)
     model = record["model_config"]
     print(f"imported {record['imported_from']['path']} ({record['imported_from']['layout']} names, "

@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from study import cli
 from study.bench import gpu, gpu_checks
 from study.bench.gpu_report import GENERATION_FIELDS, REPORT_FIELDS, TRAINING_FIELDS
 from study.sashimi import build_model
@@ -139,7 +140,7 @@ def test_clock_reserves_the_later_phases_and_passes_unused_time_on():
                                            ([], "needs a CUDA GPU")])
 def test_bad_arguments_and_a_missing_gpu_exit_2(argv, message, capsys, monkeypatch):
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
-    assert gpu.main(argv) == 2
+    assert cli.main(["bench", "gpu", *argv]) == 2
     assert message in capsys.readouterr().err
 
 

@@ -6,6 +6,7 @@ import math
 import pytest
 import torch
 
+from study import cli
 from study.bench import train as train_bench
 from study.config import compose_config
 from study.config import settings_from
@@ -49,5 +50,5 @@ def test_bf16_on_a_cpu_is_refused_as_training_refuses_it():
                                            (["speed=1"], "Key 'speed' not in"), (["device=cuda"], "no CUDA GPU")])
 def test_bad_arguments_exit_2(argv, message, capsys, monkeypatch):
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
-    assert train_bench.main(argv) == 2
+    assert cli.main(["bench", "train", *argv]) == 2
     assert message in capsys.readouterr().err

@@ -13,7 +13,6 @@ from study.training.checkpoint import CheckpointError, model_payload, save_check
 from study.data.audio_io import load_audio
 from study.data.quantize import decode, tokenize, zero_token
 from study.errors import GenerationError
-from study.generation.command import main
 from study.generation.generator import Generator
 from study.generation.sampling import SamplingSettings
 from study.sashimi import build_model
@@ -22,6 +21,11 @@ RATE = 16000
 DATA = {"name": "folder", "source": "folder", "path": None, "repo_id": None, "filename": None, "sample_rate": RATE,
         "clip_seconds": 1, "split": [0.34, 0.33, 0.33], "sample_len": 4096, "bits": 8, "quantization": "mu-law",
         "normalization": "minmax", "quantizer": "official", "seed": 0, "toy_clips": 1, "toy_clip_seconds": 1, "warnings": []}
+
+
+def main(argv: list[str]) -> int:
+    """`study generate ARGV` as the console runs it (the CLI prints errors and sets the exit code)."""
+    return cli.main(["generate", *argv])
 
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")

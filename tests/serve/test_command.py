@@ -10,9 +10,13 @@ import httpx
 import pytest
 
 from study import cli
-from study.serve.command import main
 
 REPO = Path(__file__).resolve().parents[2]
+
+
+def main(argv: list[str]) -> int:
+    """`study serve ARGV` as the console runs it (the CLI prints errors and sets the exit code)."""
+    return cli.main(["serve", *argv])
 
 
 def test_refuses_a_public_bind_without_token_and_unknown_keys(checkpoint, capsys):
