@@ -4,12 +4,12 @@ Markdown summary, both rewritten atomically after every case so a run cut short 
 import json
 import platform
 import sys
-from importlib import metadata
 from pathlib import Path
 
 import torch
 
 from study.files import write_atomic
+from study.training.record import package_versions
 
 REPORT_JSON, REPORT_MARKDOWN = "gpu-report.json", "gpu-report.md"
 TRAINING_FIELDS = ("preset", "precision", "backend", "compile", "status", "reason", "length", "steps",
@@ -25,12 +25,7 @@ EPOCH_TARGET_SECONDS = 60.0
 
 
 def environment(device: torch.device) -> dict:
-    versions = {}
-    for name in PACKAGES:
-        try:
-            versions[name] = metadata.version(name)
-        except metadata.PackageNotFoundError:
-            versions[name] = None
+    versions = package_versions(PACKAGES)
     info = {"device_type": device.type, "device_name": None, "compute_capability": None, "gpu_memory_gib": None,
             "cuda_runtime": torch.version.cuda, "python": platform.python_version(), "platform": platform.platform(),
             "versions": versions, "imported_packages": []}

@@ -33,9 +33,10 @@ def git_state(directory: Path) -> dict:
         return {"commit": None, "dirty": None}
 
 
-def package_versions() -> dict:
+def package_versions(names: tuple[str, ...] = PACKAGES) -> dict:
+    """{distribution: installed version, or None where it is not installed}."""
     versions = {}
-    for name in PACKAGES:
+    for name in names:
         try:
             versions[name] = metadata.version(name)
         except metadata.PackageNotFoundError:
