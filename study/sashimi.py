@@ -7,7 +7,7 @@ preset (the config is study/model_config.py).
 
 import itertools
 import math
-from dataclasses import asdict
+from dataclasses import asdict, dataclass
 
 import torch
 import torch.nn as nn
@@ -147,6 +147,18 @@ class UpPool(nn.Module):
 
 
 # -- backbone ----------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class StepOp:
+    """One operation of `SaShiMiBackbone.step_program`: kind 'down' (level l's input into its down pool's
+    slot; at a completed group the pool emits level l + 1's input), 'up' (level l's up pool output for
+    the slot plus level l's skip; at a completed group the pool first refills from the coarse output)
+    or 'stage' (level l's residual blocks plus the stage's skip)."""
+    kind: str
+    level: int
+    slot: int = -1           # the pool slot of this phase ('down', 'up')
+    completes: bool = False  # the pool's group is complete at this phase ('down', 'up')
+
+
 class SaShiMiBackbone(nn.Module):
     """Down pools, centre stage, up stages with skip connections, as the official Sashimi backbone."""
 
@@ -239,24 +251,39 @@ class SaShiMiBackbone(nn.Module):
             memory=[block.layer.allocate_inference_cache(batch_size) for block in blocks],
             step_parameters=[block.layer.step_parameters() for block in blocks])
 
+    def step_program(self, phase: int) -> list[StepOp]:
+        """The recurrent step at sample `phase` (= position mod total_pool) as its operations, in order:
+        the one definition of the network's recurrence, which `step` and every fast engine execute.
+
+        The input of level 0 fills its down pool's slot; each completed pool emits the next level's input
+        (which fills that level's slot). When every pool completed, the centre runs. Then, innermost
+        first, each level that received a sample takes its up pool's output for the slot plus its skip
+        and runs its stage; at a completed group the up pool refills from the coarse output first."""
+        depth, reached = len(self.down_pools), self.completed_pools(phase)
+        program = [StepOp("down", level, self.pool_slot(level, phase), level < reached)
+                   for level in range(min(reached + 1, depth))]
+        if reached == depth:
+            program.append(StepOp("stage", depth))
+        for level in reversed(range(min(reached, depth - 1) + 1)):
+            program += [StepOp("up", level, self.pool_slot(level, phase), level < reached), StepOp("stage", level)]
+        return program
+
     def step(self, x: torch.Tensor, state: RecurrentState, phase: int) -> torch.Tensor:
         """(B, H) -> (B, H) for sample `phase` (= position mod total_pool); `state` changes in place.
 
         The same sequence of tensor operations for every sample of the same phase, whatever the data,
         so one pooling period of it can be captured in a CUDA graph."""
-        depth, reached = len(self.down_pools), self.completed_pools(phase)
-        skips = [x]                                                     # level l input: (B, H_l)
-        for level in range(min(reached + 1, depth)):                    # pools keep x; completed ones emit
-            pooled = self.down_pools[level].step(x, state.down[level], self.pool_slot(level, phase))
-            if pooled is not None:
-                x = pooled                                              # (B, H_{l+1})
-                skips.append(x)
-        if reached == depth:
-            x = self._stage_step(depth, x, state)                       # centre: (B, H_D)
-        for level in reversed(range(min(reached, depth - 1) + 1)):
-            # x: this sample's output of the level below (B, H_{l+1}); it refills the up pool's group
-            x = self.up_pool(level).step(x, state.up[level], self.pool_slot(level, phase)) + skips[level]
-            x = self._stage_step(level, x, state)                       # (B, H_l)
+        skips = [x]                                                  # level l input: (B, H_l)
+        for op in self.step_program(phase):
+            if op.kind == "down":                                    # x: (B, H_l) into the pool's slot
+                pooled = self.down_pools[op.level].step(x, state.down[op.level], op.slot)
+                if op.completes:
+                    x = pooled                                       # (B, H_{l+1})
+                    skips.append(x)
+            elif op.kind == "up":                                    # x: the level below's output (B, H_{l+1})
+                x = self.up_pool(op.level).step(x, state.up[op.level], op.slot) + skips[op.level]   # (B, H_l)
+            else:
+                x = self._stage_step(op.level, x, state)             # (B, H_l)
         return self.final_norm(x)
 
     def _stage_step(self, level: int, x: torch.Tensor, state: RecurrentState) -> torch.Tensor:

@@ -131,3 +131,25 @@ def test_block_checkpointing_gives_the_same_gradients():
         gradients.append({n: p.grad.clone() for n, p in model.named_parameters()})
     for name, grad in gradients[0].items():
         assert torch.allclose(grad, gradients[1][name], atol=1e-6), name
+
+
+def test_step_program_visits_each_level_as_the_pools_complete():
+    backbone = build_model("sashimi-2", n_layers=1, d_model=8, d_state=8, l_max=64).backbone   # pool [4, 4]
+
+    def program(phase):
+        return [(op.kind, op.level, op.slot, op.completes) for op in backbone.step_program(phase)]
+
+    # no pool completes: level 0 only, fed by the previous group's output
+    assert program(0) == [("down", 0, 0, False), ("up", 0, 0, False), ("stage", 0, -1, False)]
+    # the outer pool completes: level 1 runs first, then level 0 refills its up pool from it
+    assert program(3) == [("down", 0, 3, True), ("down", 1, 0, False), ("up", 1, 0, False), ("stage", 1, -1, False),
+                          ("up", 0, 3, True), ("stage", 0, -1, False)]
+    # both complete: the centre, then level 1 and level 0 refill on the way out
+    assert program(15) == [("down", 0, 3, True), ("down", 1, 3, True), ("stage", 2, -1, False),
+                           ("up", 1, 3, True), ("stage", 1, -1, False), ("up", 0, 3, True), ("stage", 0, -1, False)]
+    # every phase runs the outermost stage last, and each level's stage right after its up pool
+    for phase in range(16):
+        ops = backbone.step_program(phase)
+        assert (ops[-1].kind, ops[-1].level) == ("stage", 0)
+        assert all(ops[i + 1].kind == "stage" and ops[i + 1].level == op.level
+                   for i, op in enumerate(ops) if op.kind == "up")

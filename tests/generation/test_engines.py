@@ -9,7 +9,7 @@ import torch
 from study.generation.engines.cuda_graph import GraphEngine
 from study.generation.engines.numba_engine import FastEngine
 from study.generation.engines.numba_math import gelu_array, sigmoid_array
-from study.generation.engines.numba_plan import S4Plan, network_plan, ssm_matrices
+from study.generation.engines.numba_plan import STEP_OPS, S4Plan, network_plan, ssm_matrices
 from study.generation.engines.numba_sampler import exp_nonpositive, sample_one
 from study.generation.engines.protocol import Engine
 from study.generation.engines.selection import make_engine
@@ -218,8 +218,12 @@ def test_plan_names_every_block_and_state_is_the_recurrent_state_size():
     assert [level.stride for level in plan.levels] == [4, 4, 0]
     assert [len(level.blocks) for level in plan.levels] == [2, 2, 2]
     assert all(isinstance(level.blocks[0], S4Plan) for level in plan.levels)
-    assert plan.completed.tolist() == [model.backbone.completed_pools(phase) for phase in range(16)]
-    assert plan.completed.tolist() == [0, 0, 0, 1] * 3 + [0, 0, 0, 2]
+    # the op table is the model's step program, phase by phase
+    for phase in range(16):
+        ops = model.backbone.step_program(phase)
+        assert plan.program_lengths[phase] == len(ops)
+        assert plan.program[phase, :len(ops)].tolist() == [[STEP_OPS[op.kind], op.level, op.slot, op.completes]
+                                                           for op in ops]
     # per S4 block 2 * H * N/2 floats; per pooling level two buffers of H * stride
     expected = sum(2 * b.layer.kernel.channels * b.layer.kernel.half_state for b in model.backbone.stateful_blocks())
     expected += sum(2 * 16 * 2 ** level * 4 for level in range(2))
@@ -262,3 +266,17 @@ def test_cuda_graph_replays_draw_the_tokens_of_the_eager_model_step(sampling):
     assert graphs.capture_error is None
     assert np.array_equal(runs[0].tokens, runs[1].tokens)
     assert np.allclose(runs[0].logp_model, runs[1].logp_model, atol=1e-4)
+
+
+def test_fast_engine_executes_the_models_step_program_not_an_order_of_its_own(monkeypatch):
+    """A model whose step program skips the centre stage: forward no longer agrees, but the fast engine
+    still gives the plain step's logits, because both execute `step_program`."""
+    model = small_model()
+    full = model.backbone.step_program
+    monkeypatch.setattr(model.backbone, "step_program",
+                        lambda phase: [op for op in full(phase) if (op.kind, op.level) != ("stage", 2)])
+    tokens = torch.randint(0, model.config.n_classes, (2, 64))
+    step = teacher_forced_logits(StepEngine(model, torch.device("cpu")), tokens)
+    with torch.no_grad():
+        assert np.abs(step - model(tokens).numpy()).max() > 1e-2   # the program really changed the network
+    assert np.abs(teacher_forced_logits(FastEngine(model, threads=1), tokens) - step).max() < 1e-4

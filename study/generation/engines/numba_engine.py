@@ -54,7 +54,7 @@ def _warm_up(flat: FlatNetwork) -> None:
         started = time.perf_counter()
         notice.start()
         try:
-            run_steps(flat.params, flat.weights, flat.levels, flat.blocks, flat.head, flat.norm_eps, flat.completed, flat.slots,
+            run_steps(flat.params, flat.weights, flat.levels, flat.blocks, flat.head, flat.norm_eps, flat.program, flat.program_lengths,
                       np.zeros((1, flat.state_size), np.float32), 0, np.zeros(1, np.int64), np.full((1, 1), -1),
                       np.zeros(1, np.uint64), 0, 1.0, 0, 1.0, np.empty((1, 1), np.int64), np.empty((1, 1)),
                       np.empty((1, 1)), np.empty((1, 0, flat.n_classes), np.float32))
@@ -109,7 +109,7 @@ class FastEngine:
         return EngineState(np.ascontiguousarray(state.memory[rows]), len(rows), state.position)
 
     def join(self, states: Sequence[EngineState]) -> EngineState:
-        position = joined_position(states, self._flat.completed.shape[0])
+        position = joined_position(states, self._flat.program.shape[0])
         memory = np.concatenate([state.memory for state in states], axis=0)
         return EngineState(memory, memory.shape[0], position)
 
@@ -130,7 +130,7 @@ class FastEngine:
 
         def part(index: int) -> None:
             lo, hi = bounds[index], bounds[index + 1]
-            run_steps(flat.params, flat.weights, flat.levels, flat.blocks, flat.head, flat.norm_eps, flat.completed, flat.slots,
+            run_steps(flat.params, flat.weights, flat.levels, flat.blocks, flat.head, flat.norm_eps, flat.program, flat.program_lengths,
                       state.memory[lo:hi], state.position, first_tokens[lo:hi], forced[lo:hi],
                       keys[lo:hi], counter, float(sampling.temperature), int(sampling.top_k), float(sampling.top_p),
                       tokens[lo:hi], logp_model[lo:hi], logp_sample[lo:hi], logits[lo:hi])

@@ -7,8 +7,9 @@ Python per sample. It must draw the tokens of `SaShiMi.step` + `sampling.sample`
 `SaShiMi.forward` (tests/generation/test_engines.py); it never changes the model and never draws
 from global random state.
 
-Per sample only the stages the model's schedule reaches run (`SaShiMiBackbone.completed_pools`, the
-slots of `pool_slot`), in the order of `SaShiMiBackbone.step`. The S4 step is `DPLRKernel.step`
+Per sample it executes the model's own step program for the phase (`SaShiMiBackbone.step_program`, as
+the plan's op table): this module implements each op (down, up, stage and the blocks inside a stage)
+and never orders them itself. The S4 step is `DPLRKernel.step`
 with its two rank-1 corrections folded into one (`numba_plan.ssm_matrices`); the vectorised kernels
 live in `numba_kernels`, the sampler in `numba_sampler`; `numba_engine` runs batches as threads.
 """
@@ -21,7 +22,7 @@ import numpy as np
 
 from study.generation.engines.numba_kernels import (JIT, NORM_LAYER, NORM_TRANSPOSED, channel_norm, copy_rows,
                                                     gelu_rows, glu_add, linear, ssm_step, to_bfloat16, to_int8_rows)
-from study.generation.engines.numba_plan import FeedForwardPlan, NetworkPlan, S4Plan
+from study.generation.engines.numba_plan import STEP_OPS, FeedForwardPlan, NetworkPlan, S4Plan
 from study.generation.engines.numba_sampler import exp_weights, largest, sample_one, uniform
 
 # -- the flat form (its layout is private to this module) ---------------------------------------------------------
@@ -36,8 +37,9 @@ _BLOCK_FIELDS = 15
 _KIND_S4, _KIND_FF = 0, 1
 # head: embedding, final LayerNorm, decoder, work-row layout
 (_H_EMBED, _H_D0, _H_CLASSES, _H_FINAL_W, _H_FINAL_B, _H_DEC_W, _H_DEC_B, _H_STATE, _H_WORK, _H_CUR, _H_STAGE_IN,
- _H_Z, _H_HA, _H_HB, _H_COARSE, _H_LOGITS, _H_LN) = range(17)
-_HEAD_FIELDS = 17
+ _H_Z, _H_HA, _H_HB, _H_LOGITS, _H_LN) = range(16)
+_HEAD_FIELDS = 16
+_OP_DOWN, _OP_UP, _OP_STAGE = STEP_OPS["down"], STEP_OPS["up"], STEP_OPS["stage"]
 _NORM_KINDS = {"transposed": NORM_TRANSPOSED, "layer": NORM_LAYER}
 # Storage of the linear layers' weights (pools, S4 output layers, feed-forward layers, decoder); the S4
 # step matrices, norms, biases and the embedding stay float32 (the recurrence needs its precision).
@@ -54,8 +56,8 @@ class FlatNetwork:
     blocks: np.ndarray       # (n_blocks, _BLOCK_FIELDS) int64
     head: np.ndarray         # (_HEAD_FIELDS,) int64
     norm_eps: np.ndarray     # (n_blocks + 1,) float64: LayerNorm eps per block, then the final norm's
-    completed: np.ndarray    # (total_pool,) int64, the model's schedule
-    slots: np.ndarray        # (total_pool, D) int64
+    program: np.ndarray      # (total_pool, max ops, 4) int64: the model's step program per phase
+    program_lengths: np.ndarray  # (total_pool,) int64
     state_size: int          # floats of recurrent state per stream
     n_classes: int
     precision: str           # storage of `weights`, one of PRECISIONS
@@ -149,15 +151,15 @@ def flatten(plan: NetworkPlan, precision: str = "fp32") -> FlatNetwork:
         levels[index, _L_SKIP] = offset
         offset += int(levels[index, _L_H])
     for field, size in ((_H_CUR, widest), (_H_STAGE_IN, widest), (_H_Z, widest), (_H_HA, hidden), (_H_HB, hidden),
-                        (_H_COARSE, widest), (_H_LOGITS, plan.n_classes), (_H_LN, d0)):
+                        (_H_LOGITS, plan.n_classes), (_H_LN, d0)):
         head[field] = offset
         offset += size
     head[_H_WORK], head[_H_STATE] = offset, sizes[1]
     block_table = np.stack(blocks) if blocks else np.zeros((0, _BLOCK_FIELDS), np.int64)
     params = np.concatenate(parts) if parts else np.zeros(0, np.float32)
     weights = np.concatenate(weight_parts) if weight_parts else np.zeros(0, np.float32)
-    return FlatNetwork(params, weights, levels, block_table, head, np.array(eps, np.float64), plan.completed,
-                       plan.slots, sizes[1], plan.n_classes, precision, read[0])
+    return FlatNetwork(params, weights, levels, block_table, head, np.array(eps, np.float64), plan.program,
+                       plan.program_lengths, sizes[1], plan.n_classes, precision, read[0])
 
 
 @numba.njit(**JIT)
@@ -187,86 +189,84 @@ def _run_blocks(P, Q, blocks, first, end, norm_eps, head, W, S, batch):
 
 
 @numba.njit(**JIT)
-def _network_step(P, Q, levels, blocks, head, norm_eps, completed, slots, S, position, tokens, W, batch):
-    """One sample for the batch: tokens (batch,) in, logits at W[b, head[_H_LOGITS]:] out; the stages
-    that run and the pool slots are the model's schedule at this phase (completed, slots)."""
-    depth = levels.shape[0] - 1
-    phase = position % completed.shape[0]
-    top = completed[phase]
-    d0 = head[_H_D0]
-    cur = head[_H_CUR]
+def _down(P, Q, levels, level, slot, completes, W, x_at, S, batch):
+    """`DownPool.step`: level `level`'s input W[:, x_at] into its pool's slot; a completed group emits
+    the next level's input (its skip row). Returns where the current input now is."""
+    channels = levels[level, _L_H]
+    buf = levels[level, _L_DOWN_BUF]
+    copy_rows(W, x_at, S, buf + slot * channels, channels, batch)
+    if not completes:
+        return x_at
+    inner = levels[level + 1, _L_SKIP]
+    linear(P, Q, levels[level, _L_DOWN_W], levels[level, _L_DOWN_B], levels[level + 1, _L_H],
+           channels * levels[level, _L_STRIDE], S, buf, W, inner, batch, False)
+    return inner
+
+
+@numba.njit(**JIT)
+def _up(P, Q, levels, head, level, slot, completes, W, x_at, S, batch):
+    """`UpPool.step` plus the level's skip: the previous group's output for the slot + the level's input,
+    into the stage-input row (returned); a completed group first refills from the coarse output W[:, x_at]."""
+    channels = levels[level, _L_H]
+    buf = levels[level, _L_UP_BUF]
+    skip = levels[level, _L_SKIP]
     stage_in = head[_H_STAGE_IN]
-    coarse = head[_H_COARSE]
+    for b in range(batch):
+        pooled = S[b, buf + slot * channels:buf + (slot + 1) * channels]
+        x = W[b, skip:skip + channels]
+        out = W[b, stage_in:stage_in + channels]
+        for h in range(channels):
+            out[h] = pooled[h] + x[h]
+    if completes:
+        linear(P, Q, levels[level, _L_UP_W], levels[level, _L_UP_B], channels * levels[level, _L_STRIDE],
+               levels[level + 1, _L_H], W, x_at, S, buf, batch, False)
+    return stage_in
+
+
+@numba.njit(**JIT)
+def _stage(P, Q, levels, blocks, head, norm_eps, level, W, x_at, S, batch):
+    """`SaShiMiBackbone._stage_step`: the stage's blocks on a copy of W[:, x_at] in the current row
+    (returned), plus the stage's skip W[:, x_at]."""
+    channels = levels[level, _L_H]
+    cur = head[_H_CUR]
+    copy_rows(W, x_at, W, cur, channels, batch)
+    _run_blocks(P, Q, blocks, levels[level, _L_FIRST], levels[level, _L_END], norm_eps, head, W, S, batch)
+    for b in range(batch):
+        x = W[b, cur:cur + channels]
+        s = W[b, x_at:x_at + channels]
+        for h in range(channels):
+            x[h] += s[h]
+    return cur
+
+
+@numba.njit(**JIT)
+def _network_step(P, Q, levels, blocks, head, norm_eps, program, program_lengths, S, position, tokens, W, batch):
+    """One sample for the batch: tokens (batch,) in, logits at W[b, head[_H_LOGITS]:] out, by the model's
+    step program for this phase (program[phase, :program_lengths[phase]])."""
+    phase = position % program.shape[0]
+    d0 = head[_H_D0]
     embedding = P[head[_H_EMBED]:head[_H_EMBED] + head[_H_CLASSES] * d0].reshape((head[_H_CLASSES], d0))
-    skip0 = levels[0, _L_SKIP]
+    x_at = levels[0, _L_SKIP]    # where the current activation is in the work rows
     for b in range(batch):
         row = embedding[tokens[b]]
-        x = W[b, skip0:skip0 + d0]
+        x = W[b, x_at:x_at + d0]
         for i in range(d0):
             x[i] = row[i]
-    # down path: level l writes its input into its pool buffer; the completed pools emit level l + 1
-    for level in range(depth):
-        channels = levels[level, _L_H]
-        stride = levels[level, _L_STRIDE]
-        slot = slots[phase, level]
-        skip = levels[level, _L_SKIP]
-        buf = levels[level, _L_DOWN_BUF]
-        for b in range(batch):
-            x = W[b, skip:skip + channels]
-            out = S[b, buf + slot * channels:buf + (slot + 1) * channels]
-            for h in range(channels):
-                out[h] = x[h]
-        if level == top:
-            break
-        linear(P, Q, levels[level, _L_DOWN_W], levels[level, _L_DOWN_B], levels[level + 1, _L_H], channels * stride,
-                S, buf, W, levels[level + 1, _L_SKIP], batch, False)
-    # centre
-    if top == depth:
-        channels = levels[depth, _L_H]
-        skip = levels[depth, _L_SKIP]
-        copy_rows(W, skip, W, cur, channels, batch)
-        _run_blocks(P, Q, blocks, levels[depth, _L_FIRST], levels[depth, _L_END], norm_eps, head, W, S, batch)
-        for b in range(batch):
-            x = W[b, cur:cur + channels]
-            s = W[b, skip:skip + channels]
-            out = W[b, coarse:coarse + channels]
-            for h in range(channels):
-                out[h] = x[h] + s[h]
-    # up path: every level that received a sample this step, innermost first
-    for level in range(min(top, depth - 1), -1, -1):
-        channels = levels[level, _L_H]
-        stride = levels[level, _L_STRIDE]
-        slot = slots[phase, level]
-        skip = levels[level, _L_SKIP]
-        buf = levels[level, _L_UP_BUF]
-        for b in range(batch):
-            pooled = S[b, buf + slot * channels:buf + (slot + 1) * channels]
-            x = W[b, skip:skip + channels]
-            out = W[b, cur:cur + channels]
-            kept = W[b, stage_in:stage_in + channels]
-            for h in range(channels):
-                value = pooled[h] + x[h]
-                out[h] = value
-                kept[h] = value
-        if level < top:  # the coarse output of this step refills the buffer for the next group
-            linear(P, Q, levels[level, _L_UP_W], levels[level, _L_UP_B], channels * stride, levels[level + 1, _L_H],
-                    W, coarse, S, buf, batch, False)
-        _run_blocks(P, Q, blocks, levels[level, _L_FIRST], levels[level, _L_END], norm_eps, head, W, S, batch)
-        for b in range(batch):
-            x = W[b, cur:cur + channels]
-            s = W[b, stage_in:stage_in + channels]
-            out = W[b, coarse:coarse + channels]
-            for h in range(channels):
-                value = x[h] + s[h]
-                x[h] = value
-                out[h] = value
+    for index in range(program_lengths[phase]):
+        op = program[phase, index]
+        if op[0] == _OP_DOWN:
+            x_at = _down(P, Q, levels, op[1], op[2], op[3], W, x_at, S, batch)
+        elif op[0] == _OP_UP:
+            x_at = _up(P, Q, levels, head, op[1], op[2], op[3], W, x_at, S, batch)
+        else:
+            x_at = _stage(P, Q, levels, blocks, head, norm_eps, op[1], W, x_at, S, batch)
     # final LayerNorm and decoder
     eps = norm_eps[norm_eps.shape[0] - 1]
     ln = head[_H_LN]
     weight = P[head[_H_FINAL_W]:head[_H_FINAL_W] + d0]
     bias = P[head[_H_FINAL_B]:head[_H_FINAL_B] + d0]
     for b in range(batch):
-        x = W[b, cur:cur + d0]
+        x = W[b, x_at:x_at + d0]
         y = W[b, ln:ln + d0]
         mean = np.float32(0.0)
         for i in range(d0):
@@ -283,7 +283,7 @@ def _network_step(P, Q, levels, blocks, head, norm_eps, completed, slots, S, pos
 
 
 @numba.njit(nogil=True, **JIT)
-def run_steps(P, Q, levels, blocks, head, norm_eps, completed, slots, S, position, first_tokens, forced, stream_keys, counter,
+def run_steps(P, Q, levels, blocks, head, norm_eps, program, program_lengths, S, position, first_tokens, forced, stream_keys, counter,
               temperature, top_k, top_p, out_tokens, out_logp_model, out_logp_sample, out_logits):
     """Advance `batch` streams by T = forced.shape[1] samples from state S (batch, state_size) at `position`.
 
@@ -304,7 +304,7 @@ def run_steps(P, Q, levels, blocks, head, norm_eps, completed, slots, S, positio
     candidates = np.empty(classes, np.int64)
     keep_logits = out_logits.shape[1] == steps
     for t in range(steps):
-        _network_step(P, Q, levels, blocks, head, norm_eps, completed, slots, S, position + t, tokens, W, batch)
+        _network_step(P, Q, levels, blocks, head, norm_eps, program, program_lengths, S, position + t, tokens, W, batch)
         for b in range(batch):
             logits = W[b, at:at + classes]
             if keep_logits:

@@ -1,8 +1,8 @@
 """The SaShiMi model as the CPU engine reads it: a named plan, one dataclass per block kind, built
 from the model's modules (float64 numpy copies of the weights and discretised step matrices).
 
-The schedule (which pools complete a group at each phase, which slot a sample fills) is the model's
-own (`SaShiMiBackbone.completed_pools`, `pool_slot`). Building a plan never changes the model.
+The order of operations is the model's own: `SaShiMiBackbone.step_program` at each phase, as a table
+of op codes (`STEP_OPS`). Building a plan never changes the model.
 """
 
 from dataclasses import dataclass
@@ -11,7 +11,10 @@ import numpy as np
 import torch
 
 from study.s4.layer import DiagonalKernel, DPLRKernel, S4Block
-from study.sashimi import ChannelLayerNorm, FeedForward, ResidualBlock, SaShiMi, TransposedLN
+from study.sashimi import ChannelLayerNorm, FeedForward, ResidualBlock, SaShiMi, SaShiMiBackbone, TransposedLN
+
+# op codes of the step program's table: StepOp.kind -> code (fields per op: code, level, slot, completes)
+STEP_OPS = {"down": 0, "up": 1, "stage": 2}
 
 
 def _array(tensor: torch.Tensor) -> np.ndarray:
@@ -85,8 +88,8 @@ class NetworkPlan:
     final_eps: float
     decoder_weight: np.ndarray  # (C, d_model)
     decoder_bias: np.ndarray
-    completed: np.ndarray       # (total_pool,) pools that complete a group at each phase
-    slots: np.ndarray           # (total_pool, depth) slot of each level's pool group at each phase
+    program: np.ndarray         # (total_pool, max ops, 4) int64: the step program of each phase (step_program_table)
+    program_lengths: np.ndarray  # (total_pool,) int64: how many ops of each phase's row are used
 
     @property
     def n_classes(self) -> int:
@@ -94,7 +97,18 @@ class NetworkPlan:
 
     @property
     def total_pool(self) -> int:
-        return self.completed.shape[0]
+        return self.program.shape[0]
+
+
+def step_program_table(backbone: SaShiMiBackbone, period: int) -> tuple[np.ndarray, np.ndarray]:
+    """`backbone.step_program(phase)` for each phase < period as rows of [STEP_OPS code, level, slot, completes],
+    padded to the longest: (period, max ops, 4) int64, and the length of each row (period,)."""
+    programs = [backbone.step_program(phase) for phase in range(period)]
+    table = np.full((period, max(map(len, programs)), 4), -1, np.int64)
+    for phase, program in enumerate(programs):
+        for index, op in enumerate(program):
+            table[phase, index] = STEP_OPS[op.kind], op.level, op.slot, op.completes
+    return table, np.array([len(program) for program in programs], np.int64)
 
 
 def ssm_matrices(kernel: torch.nn.Module) -> dict[str, np.ndarray]:
@@ -168,11 +182,8 @@ def network_plan(model: SaShiMi) -> NetworkPlan:
             _array(up.linear.weight.view(channels, stride, inner).transpose(0, 1).reshape(stride * channels, inner)),
             _array(up.linear.bias.view(channels, stride).t().reshape(-1))))
         channels = inner
-    period = model.config.total_pool
     final = backbone.final_norm
+    program, lengths = step_program_table(backbone, model.config.total_pool)
     return NetworkPlan(
         _array(model.encoder.weight), levels, _array(final.weight), _array(final.bias), float(final.eps),
-        _array(model.decoder.weight), _array(model.decoder.bias),
-        completed=np.array([backbone.completed_pools(phase) for phase in range(period)], np.int64),
-        slots=np.array([[backbone.pool_slot(level, phase) for level in range(depth)] for phase in range(period)],
-                       np.int64).reshape(period, depth))
+        _array(model.decoder.weight), _array(model.decoder.bias), program, lengths)
