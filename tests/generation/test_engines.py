@@ -2,19 +2,23 @@
 CUDA graphs under `make gpu-check`) give the logits of `SaShiMi.forward`, and every backend draws
 the tokens of the plain `model.step` + reference sampler path."""
 
+import copy
+
 import numpy as np
 import pytest
 import torch
 
 from study.generation.engines.cuda_graph import GraphEngine
 from study.generation.engines.numba_engine import FastEngine
+from study.generation.engines import numba_network
 from study.generation.engines.numba_math import gelu_array, sigmoid_array
-from study.generation.engines.numba_plan import STEP_OPS, S4Plan, network_plan, ssm_matrices
+from study.generation.engines.numba_network import flatten
+from study.generation.engines.numba_plan import STEP_OPS, S4Plan, compact_ssm, network_plan, ssm_matrices
 from study.generation.engines.numba_sampler import exp_nonpositive, sample_one
 from study.generation.engines.protocol import Engine
 from study.generation.engines.selection import make_engine
 from study.generation.engines.step import StepEngine
-from study.s4.layer import DPLRKernel
+from study.s4.layer import DiagonalKernel, DPLRKernel
 from study.generation.sampling import SamplingSettings, sample, stream_keys, uniforms
 from study.sashimi import build_model
 
@@ -68,6 +72,16 @@ def test_engines_equal_forward_for_model_variants(overrides, engine_class):
     model = small_model(**overrides)
     # batch 3: the stream-pair loops and their odd remainder; 128 samples = 8 periods of the 16x pooling
     assert_engine_matches_forward(model, engine_class(model), 128 if engine_class is GraphEngine else 256, batch_size=3)
+
+
+@pytest.mark.parametrize("overrides", VARIANTS)
+def test_compact_ssm_step_with_fp32_weights_equals_forward_for_model_variants(overrides, monkeypatch):
+    """The compact S4 step alone (fp32 linear weights, so nothing else is rounded) against the model."""
+    monkeypatch.setitem(numba_network._SSM_FORM_OF, "fp32", numba_network._SSM_COMPACT)
+    model = small_model(**overrides)
+    engine = FastEngine(model, precision="fp32")
+    assert "fp32 linear weights and compact S4 step" in engine.describe()
+    assert_engine_matches_forward(model, engine, 256, batch_size=3)
 
 
 SAMPLINGS = [SamplingSettings(), SamplingSettings(temperature=0.8, top_k=20, top_p=0.9),
@@ -199,6 +213,63 @@ def test_ssm_matrices_reproduce_the_dplr_step():
     folded = F * memory - G_p * s + G * u.unsqueeze(-1)
     assert torch.allclose(folded, memory_expected, atol=1e-5)
     assert torch.allclose((C * folded).sum(-1).real, y_expected, atol=1e-5)
+
+
+KERNELS = {"dplr": lambda: DPLRKernel(4, 16, 256), "diagonal": lambda: DiagonalKernel(4, 16, init="diag-lin")}
+
+
+@pytest.mark.parametrize("kind", KERNELS)
+def test_compact_ssm_rebuilds_the_folded_matrices_in_float64(kind):
+    """F + sigma times per-n and per-h constants gives ssm_matrices' G_p, G and M of the same kernel in float64."""
+    kernel = perturb_(KERNELS[kind]())
+    compact = compact_ssm(kernel)
+    folded = ssm_matrices(copy.deepcopy(kernel).double())
+    F, P, Bv = compact["F"], compact["P"], compact["Bv"]
+    alpha, b, gamma = (compact[name][:, None] for name in ("alpha", "b", "gamma"))
+    near = F + compact["sigma"]
+    rebuilt = dict(F=F, G_p=alpha * near * P, G=alpha * near * (Bv - b * P), M=gamma * near * P.conj())
+    for name, value in rebuilt.items():
+        assert np.abs(value - folded[name]).max() <= 1e-12, name
+    assert np.abs(folded["G"]).min() > 1e-4 and (np.abs(folded["M"]).min() > 1e-4) == compact["rank1"]
+    assert compact["rank1"] == folded["rank1"] == (kind == "dplr")
+
+
+@pytest.mark.parametrize("kind", KERNELS)
+def test_compact_ssm_step_is_the_kernel_step(kind):
+    """t = gamma Re sum (F + sigma) Q x + b u, x' = F x + alpha (F + sigma) (Bv u - P t), y = Re(C.x') against
+    DPLRKernel.step / DiagonalKernel.step in complex128 (C as the step's)."""
+    kernel = perturb_(KERNELS[kind]())
+    reference = copy.deepcopy(kernel).double()
+    params = reference.step_parameters()
+    generator = torch.Generator().manual_seed(0)
+    memory = torch.randn(2, 4, 8, dtype=torch.complex128, generator=generator)
+    u = torch.randn(2, 4, dtype=torch.float64, generator=generator)
+    y_expected, memory_expected = type(kernel).step(u, memory, params)
+    compact = {name: torch.as_tensor(value) for name, value in compact_ssm(kernel).items()}
+    near = compact["F"] + compact["sigma"]                                              # (H, N/2)
+    t = compact["gamma"] * (near * compact["P"].conj() * memory).sum(-1).real + compact["b"] * u   # (B, H)
+    memory_compact = compact["F"] * memory + compact["alpha"][:, None] * near * (
+        compact["Bv"] * u.unsqueeze(-1) - compact["P"] * t.unsqueeze(-1))
+    assert torch.allclose(memory_compact, memory_expected, rtol=0, atol=1e-12)
+    assert torch.allclose((params["C2"] * memory_compact).sum(-1).real, y_expected, rtol=0, atol=1e-12)
+
+
+def test_bytes_per_sample_count_the_s4_form_each_precision_reads(monkeypatch):
+    """Per S4 block at its stage's rate: folded 10 rows per (n, h); compact 4 rows per (n, h), 4 constants per n,
+    3 per h and sigma (float32 each)."""
+    plan = network_plan(small_model())
+    compact = flatten(plan, "bf16")
+    monkeypatch.setitem(numba_network._SSM_FORM_OF, "bf16", numba_network._SSM_FOLDED)
+    folded = flatten(plan, "bf16")
+    assert (compact.ssm_form, folded.ssm_form, flatten(plan, "fp32").ssm_form) == ("compact", "folded", "folded")
+    rate, saved = 1.0, 0.0
+    for level in plan.levels:
+        for block in level.blocks:
+            if isinstance(block, S4Plan):
+                n2, h = block.half_state, block.channels
+                saved += rate * 4 * (10 * n2 * h - (4 * n2 * h + 4 * n2 + 3 * h + 1))
+        rate /= max(level.stride, 1)
+    assert folded.bytes_per_sample - compact.bytes_per_sample == pytest.approx(saved)
 
 
 def test_vectorised_nonlinearities_match_torch():

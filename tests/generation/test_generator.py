@@ -149,7 +149,7 @@ def test_cli_writes_everything_and_ranks_by_model_likelihood(workspace, tmp_path
     assert str(output) in printed and "ranking" in printed
     manifest = json.loads((output / "manifest.json").read_text())
     assert manifest["settings"]["temperature"] == 0.9 and manifest["checkpoint"]["sha256"]
-    assert manifest["precision"] == manifest["settings"]["precision"] == "bf16"   # the default when sampling
+    assert manifest["precision"] == manifest["settings"]["precision"] == "int8"   # the default when sampling
     assert manifest["timings"]["real_time_factor_per_stream"] > 0
     order = manifest["ranking"]["order"]
     means = {c["id"]: c["log_likelihood"]["model"]["mean_nats"] for c in manifest["continuations"]}
@@ -173,7 +173,9 @@ def test_precision_is_chosen_on_the_command_line_and_recorded(workspace, tmp_pat
                      f"precision={precision}", f"temperature={temperature}", "progress=false"]) == 0
     manifest = json.loads((output / "manifest.json").read_text())
     assert manifest["precision"] == manifest["settings"]["precision"] == stored
-    assert f"{'bf16 (fp32 when greedy)' if precision == 'auto' else stored} linear weights" in manifest["backend"]
+    described = "int8 linear weights and compact S4 step (fp32 and folded when greedy)" if precision == "auto" else \
+        f"{stored} linear weights and {'folded' if stored == 'fp32' else 'compact'} S4 step"
+    assert described in manifest["backend"]
 
 
 def test_reduced_precision_is_refused_off_the_numba_backend(workspace):

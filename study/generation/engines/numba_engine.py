@@ -1,8 +1,9 @@
 """Generation backend 'numba': the fused CPU loop of `numba_network` behind the engine Protocol.
 
 Streams of a batch are split over threads (no synchronisation per sample); the linear layers' weights
-are stored in fp32 or bf16, or both ('auto': bf16 when sampling, fp32 when greedy, on one shared state);
-the first call of a process says so when numba is compiling. It never changes the model.
+are stored in fp32, bf16 or int8 (the reduced ones with the compact S4 step), or two of them ('auto':
+int8 when sampling, fp32 when greedy, on one shared state); the first call of a process says so when
+numba is compiling. It never changes the model.
 """
 
 import os
@@ -31,6 +32,10 @@ def default_threads(batch_size: int) -> int:
     return max(1, min(cores, batch_size))
 
 
+# 'auto': the weight storage when sampling (int8 moves the likelihood by 5e-5..1e-4 bits/sample at full size,
+# the compact S4 step alone by ~4e-8; tests/generation/test_precision.py) and at temperature 0 (greedy
+# streams stay those of the reference step).
+SAMPLING_PRECISION, GREEDY_PRECISION = "int8", "fp32"
 COMPILE_NOTICE_SECONDS = 1.0   # say so when compiling takes longer than this
 _compiled: set[str] = set()     # precisions whose `run_steps` is compiled or loaded in this process
 _compile_lock = threading.Lock()
@@ -72,15 +77,16 @@ class FastEngine:
     device = torch.device("cpu")
 
     def __init__(self, model: SaShiMi, threads: int | None = None, precision: str = "fp32"):
-        """precision: 'fp32', 'bf16', 'int8' or 'auto' (bf16 when sampling: the likelihood moves by ~1e-5 bits/sample;
-        fp32 at temperature 0, where one near-tied argmax flipped by bf16 rounding changes the whole stream)."""
+        """precision: 'fp32', 'bf16', 'int8' or 'auto' (int8 when sampling: the likelihood moves by ~1e-4 bits/sample;
+        fp32 at temperature 0, where one near-tied argmax flipped by rounding changes the whole stream)."""
         if precision not in PRECISIONS + ("auto",):
             raise ValueError(f"precision={precision!r} is unknown for backend numba: use one of "
                              f"{PRECISIONS + ('auto',)}")
         self.precision = precision
         plan = network_plan(model)
-        self._flats = {name: flatten(plan, name) for name in (PRECISIONS if precision == "auto" else (precision,))}
-        self._flat = self._flats["fp32" if precision == "auto" else precision]
+        names = (GREEDY_PRECISION, SAMPLING_PRECISION) if precision == "auto" else (precision,)
+        self._flats = {name: flatten(plan, name) for name in names}
+        self._flat = self._flats[names[0]]
         self.threads = threads
         self._pool: ThreadPoolExecutor | None = None
         self._pool_size = 0
@@ -90,7 +96,7 @@ class FastEngine:
         """The weight storage a run with `sampling` uses."""
         if self.precision != "auto":
             return self.precision
-        return "fp32" if sampling.temperature == 0 else "bf16"
+        return GREEDY_PRECISION if sampling.temperature == 0 else SAMPLING_PRECISION
 
     def bytes_for(self, sampling: SamplingSettings) -> float:
         """Parameter bytes one stream's step reads with `sampling`, averaged over the pooling period."""
@@ -163,6 +169,10 @@ class FastEngine:
 
     def describe(self) -> str:
         threads = self.threads or "one per core, at most one per stream"
-        precision = "bf16 (fp32 when greedy)" if self.precision == "auto" else self.precision
-        return (f"backend numba: fused CPU loop over all layers and the sampler, {precision} linear weights "
-                f"(threads: {threads})")
+        if self.precision == "auto":
+            sampled, greedy = self._flats[SAMPLING_PRECISION], self._flats[GREEDY_PRECISION]
+            storage = (f"{sampled.precision} linear weights and {sampled.ssm_form} S4 step "
+                       f"({greedy.precision} and {greedy.ssm_form} when greedy)")
+        else:
+            storage = f"{self._flat.precision} linear weights and {self._flat.ssm_form} S4 step"
+        return f"backend numba: fused CPU loop over all layers and the sampler, {storage} (threads: {threads})"

@@ -1,7 +1,7 @@
 """The fused numba loop of the CPU engine: the SaShiMi recurrence and the sampler, over a flat network.
 
 `flatten` turns the named plan (`numba_plan.network_plan`) into one float32 array, one array of
-linear-layer weights (float32 or bfloat16, `PRECISIONS`) and tables of offsets whose layout is
+linear-layer weights (float32, bfloat16 or int8, `PRECISIONS`) and tables of offsets whose layout is
 private to this module; `run_steps` advances a batch T samples with no
 Python per sample. It must draw the tokens of `SaShiMi.step` + `sampling.sample` and give the logits of
 `SaShiMi.forward` (tests/generation/test_engines.py); it never changes the model and never draws
@@ -10,8 +10,10 @@ from global random state.
 Per sample it executes the model's own step program for the phase (`SaShiMiBackbone.step_program`, as
 the plan's op table): this module implements each op (down, up, stage and the blocks inside a stage)
 and never orders them itself. The S4 step is `DPLRKernel.step`
-with its two rank-1 corrections folded into one (`numba_plan.ssm_matrices`); the vectorised kernels
-live in `numba_kernels`, the sampler in `numba_sampler`; `numba_engine` runs batches as threads.
+(or `DiagonalKernel.step`) in one of two forms (`SSM_FORMS`): folded, its two rank-1 corrections
+folded into one (`numba_plan.ssm_matrices`), or compact (`numba_plan.compact_ssm`). The S4 kernels
+live in `numba_ssm`, the other vectorised kernels in `numba_kernels`, the sampler in `numba_sampler`;
+`numba_engine` runs batches as threads.
 """
 
 import math
@@ -21,9 +23,10 @@ import numba
 import numpy as np
 
 from study.generation.engines.numba_kernels import (JIT, NORM_LAYER, NORM_TRANSPOSED, channel_norm, copy_rows,
-                                                    gelu_rows, glu_add, linear, ssm_step, to_bfloat16, to_int8_rows)
+                                                    gelu_rows, glu_add, linear, to_bfloat16, to_int8_rows)
 from study.generation.engines.numba_plan import STEP_OPS, FeedForwardPlan, NetworkPlan, S4Plan
 from study.generation.engines.numba_sampler import exp_weights, largest, sample_one, uniform
+from study.generation.engines.numba_ssm import compact_ssm_step, folded_ssm_step
 
 # -- the flat form (its layout is private to this module) ---------------------------------------------------------
 # levels[l], l = 0 (outermost, d_model channels) .. D (centre), D = len(pool)
@@ -32,9 +35,10 @@ from study.generation.engines.numba_sampler import exp_weights, largest, sample_
 _LEVEL_FIELDS = 11
 # blocks[i]: one prenorm residual block
 (_B_KIND, _B_H, _B_NORM, _B_NORM_OFF, _B_SSM, _B_N2, _B_DSKIP, _B_W1, _B_B1, _B_OUT1, _B_GLU, _B_RANK1, _B_MEM,
- _B_W2, _B_B2) = range(15)
-_BLOCK_FIELDS = 15
+ _B_W2, _B_B2, _B_SSM_FORM) = range(16)
+_BLOCK_FIELDS = 16
 _KIND_S4, _KIND_FF = 0, 1
+_SSM_FOLDED, _SSM_COMPACT = 0, 1
 # head: embedding, final LayerNorm, decoder, work-row layout
 (_H_EMBED, _H_D0, _H_CLASSES, _H_FINAL_W, _H_FINAL_B, _H_DEC_W, _H_DEC_B, _H_STATE, _H_WORK, _H_CUR, _H_STAGE_IN,
  _H_Z, _H_HA, _H_HB, _H_LOGITS, _H_LN) = range(16)
@@ -42,9 +46,13 @@ _HEAD_FIELDS = 16
 _OP_DOWN, _OP_UP, _OP_STAGE = STEP_OPS["down"], STEP_OPS["up"], STEP_OPS["stage"]
 _NORM_KINDS = {"transposed": NORM_TRANSPOSED, "layer": NORM_LAYER}
 # Storage of the linear layers' weights (pools, S4 output layers, feed-forward layers, decoder); the S4
-# step matrices, norms, biases and the embedding stay float32 (the recurrence needs its precision).
+# step, norms, biases and the embedding stay float32 (the recurrence needs its precision).
 # Each stored matrix is followed in `params` by one scale per output row (1 unless int8), then its bias.
 PRECISIONS = ("fp32", "bf16", "int8")
+# The S4 step's form per precision: fp32 keeps the folded matrices (40 bytes per (n, h)), the reduced
+# precisions read the compact form (16 bytes per (n, h), plus per-n and per-h constants).
+SSM_FORMS = ("folded", "compact")
+_SSM_FORM_OF = {"fp32": _SSM_FOLDED, "bf16": _SSM_COMPACT, "int8": _SSM_COMPACT}
 
 
 @dataclass
@@ -61,14 +69,16 @@ class FlatNetwork:
     state_size: int          # floats of recurrent state per stream
     n_classes: int
     precision: str           # storage of `weights`, one of PRECISIONS
+    ssm_form: str            # the S4 step's form, one of SSM_FORMS
     bytes_per_sample: float  # parameter bytes one stream's step reads, averaged over the pooling period
 
 
 def flatten(plan: NetworkPlan, precision: str = "fp32") -> FlatNetwork:
     """The plan as the arrays `run_steps` reads (parameters in the order the step uses them), the
-    linear layers' weights stored in `precision`."""
+    linear layers' weights stored in `precision` and the S4 step in the form that precision reads."""
     if precision not in PRECISIONS:
         raise ValueError(f"precision={precision!r} is unknown: use one of {PRECISIONS}")
+    ssm_form = _SSM_FORM_OF[precision]
     parts, weight_parts, sizes = [], [], [0, 0, 0]   # parameter floats, state floats, weight values
     rate = [1.0]                 # how often (per sample) the stage being added runs
     read = [0.0]                 # bytes read per sample, rate-weighted
@@ -101,6 +111,18 @@ def flatten(plan: NetworkPlan, precision: str = "fp32") -> FlatNetwork:
         sizes[1] += count
         return sizes[1] - count
 
+    def add_ssm(block: S4Plan) -> int:
+        """The S4 step in `ssm_form`; compact: sigma, the per-channel rows, the per-state-index constants,
+        the (N/2, 4, H) rows, one after the other (`compact_ssm_step`)."""
+        if ssm_form == _SSM_FOLDED:
+            return add(block.matrices)
+        compact = block.compact
+        first = add(np.array([compact.sigma]))
+        add(compact.channel)
+        add(compact.state)
+        add(compact.rows)
+        return first
+
     blocks, eps = [], []
 
     def add_block(block: S4Plan | FeedForwardPlan) -> None:
@@ -110,7 +132,8 @@ def flatten(plan: NetworkPlan, precision: str = "fp32") -> FlatNetwork:
         row[_B_H] = block.channels
         if isinstance(block, S4Plan):
             row[_B_KIND], row[_B_N2], row[_B_RANK1], row[_B_GLU] = _KIND_S4, block.half_state, block.rank1, block.glu
-            row[_B_SSM], row[_B_DSKIP] = add(block.matrices), add(block.skip)
+            row[_B_SSM_FORM], row[_B_SSM] = ssm_form, add_ssm(block)
+            row[_B_DSKIP] = add(block.skip)
             row[_B_W1], row[_B_B1] = add_weight(block.output_weight), add(block.output_bias)
             row[_B_OUT1] = block.output_weight.shape[0]
             row[_B_MEM] = allocate(2 * block.channels * block.half_state)
@@ -159,7 +182,7 @@ def flatten(plan: NetworkPlan, precision: str = "fp32") -> FlatNetwork:
     params = np.concatenate(parts) if parts else np.zeros(0, np.float32)
     weights = np.concatenate(weight_parts) if weight_parts else np.zeros(0, np.float32)
     return FlatNetwork(params, weights, levels, block_table, head, np.array(eps, np.float64), plan.program,
-                       plan.program_lengths, sizes[1], plan.n_classes, precision, read[0])
+                       plan.program_lengths, sizes[1], plan.n_classes, precision, SSM_FORMS[ssm_form], read[0])
 
 
 @numba.njit(**JIT)
@@ -174,7 +197,12 @@ def _run_blocks(P, Q, blocks, first, end, norm_eps, head, W, S, batch):
         channels = row[_B_H]
         channel_norm(P, row[_B_NORM], row[_B_NORM_OFF], norm_eps[index], channels, W, cur, z, batch)
         if row[_B_KIND] == _KIND_S4:
-            ssm_step(P, row[_B_SSM], row[_B_N2], channels, row[_B_RANK1], row[_B_DSKIP], W, z, ha, hb, S, row[_B_MEM], batch)
+            if row[_B_SSM_FORM] == _SSM_COMPACT:
+                compact_ssm_step(P, row[_B_SSM], row[_B_N2], channels, row[_B_RANK1], row[_B_DSKIP], W, z, ha, hb, S,
+                                 row[_B_MEM], batch)
+            else:
+                folded_ssm_step(P, row[_B_SSM], row[_B_N2], channels, row[_B_RANK1], row[_B_DSKIP], W, z, ha, hb, S,
+                                row[_B_MEM], batch)
             gelu_rows(W, ha, channels, batch)
             if row[_B_GLU]:
                 linear(P, Q, row[_B_W1], row[_B_B1], row[_B_OUT1], channels, W, ha, W, hb, batch, False)

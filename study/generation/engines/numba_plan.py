@@ -1,10 +1,12 @@
 """The SaShiMi model as the CPU engine reads it: a named plan, one dataclass per block kind, built
-from the model's modules (float64 numpy copies of the weights and discretised step matrices).
+from the model's modules (float64 numpy copies of the weights and of the S4 step in two forms:
+the folded matrices of `ssm_matrices` and the compact constants of `compact_ssm`).
 
 The order of operations is the model's own: `SaShiMiBackbone.step_program` at each phase, as a table
 of op codes (`STEP_OPS`). Building a plan never changes the model.
 """
 
+import copy
 from dataclasses import dataclass
 
 import numpy as np
@@ -30,10 +32,21 @@ class NormPlan:
 
 
 @dataclass
+class CompactSSMPlan:
+    """The S4 step in the compact form of `compact_ssm`: F and C per (n, h), the rest per n or per h."""
+    sigma: float              # +1 (bilinear, DPLR) or -1 (zero-order hold, diagonal)
+    channel: np.ndarray       # (3, H): rows alpha, b, gamma
+    state: np.ndarray         # (N/2, 4): columns Re P, Im P, Re Bv, Im Bv
+    rows: np.ndarray          # (N/2, 4, H): per state index the rows Fr, Fi, Cr, Ci
+
+
+@dataclass
 class S4Plan:
-    """x + GLU(W GELU(SSM(z) + D z) + b) with z = norm(x); the SSM step in the folded form of `ssm_matrices`."""
+    """x + GLU(W GELU(SSM(z) + D z) + b) with z = norm(x); the SSM step in the folded form of `ssm_matrices`
+    and in the compact form of `compact_ssm` (the engine reads one of them)."""
     norm: NormPlan
     matrices: np.ndarray        # (N/2, 10, H): per state index the rows Mr, Mi, Fr, Fi, Gr, Gi, Gpr, Gpi, Cr, Ci
+    compact: CompactSSMPlan
     rank1: bool                 # DPLR (the s = Re(M.x) correction) or diagonal
     skip: np.ndarray            # D (H,)
     output_weight: np.ndarray   # (2H, H) with GLU, (H, H) without
@@ -141,6 +154,54 @@ def ssm_matrices(kernel: torch.nn.Module) -> dict[str, np.ndarray]:
     return matrices
 
 
+def compact_ssm(kernel: torch.nn.Module) -> dict:
+    """The S4 step as x' = F x + alpha_h (F + sigma) (Bv u - P t), y = Re(C.x'), from the kernel's
+    parameters in float64 / complex128 (C is the folded form's, `ssm_matrices`, stored as is).
+
+    lam, P, B are per state index n, shared by all channels (n_ssm = 1); dt and C are per channel h.
+    DPLR (bilinear), r = 2 / dt_h, D = 1 / (r - lam_n), F = D (r + lam_n), Q = conj P, so 1 + F = 2 r D:
+      sigma = +1,  alpha_h = 1 / (2 r_h),  Bv_n = B2_n = 2 B_n,
+      den_h = 1 + 2 Re sum_n Q D P,  gamma_h = 2 / den_h,  b_h = 2 Re sum_n Q D B2 / den_h,
+      t_h = s_h + b_h u_h with s_h = gamma_h Re sum_n (1 + F) Q x_n,
+    which is `ssm_matrices`' fold: G_p = (1 + F) alpha P,  G = (1 + F) alpha (B2 - b P),  M = (1 + F) gamma Q.
+    Diagonal (zero-order hold): F = exp(dt_h A_n), B_bar = (F - 1) B_n / A_n:
+      sigma = -1,  alpha = 1,  Bv_n = B_n / A_n,  P = 0,  b = gamma = 0 (t = 0, no s pass).
+    Returns F (H, N/2); P, Bv (N/2,); alpha, b, gamma (H,); sigma and rank1.
+    """
+    kernel = copy.deepcopy(kernel).cpu().double()
+    with torch.no_grad():
+        if isinstance(kernel, DPLRKernel):
+            dt, lam, P, B, _ = kernel.continuous_parameters()
+            r = 2 / dt                                        # (H, 1)
+            lam, P, B2 = lam[0], P[0, 0], 2 * B[0]            # (N/2,) each, shared by the channels
+            Q = P.conj()
+            D = 1 / (r - lam)                                 # (H, N/2)
+            denominator = 1 + 2 * (Q * D * P).sum(-1).real    # (H,)
+            parts = dict(F=D * (r + lam), P=P, Bv=B2, alpha=1 / (2 * r[:, 0]),
+                         b=2 * (Q * D * B2).sum(-1).real / denominator, gamma=2 / denominator)
+            sigma, rank1 = 1.0, True
+        elif isinstance(kernel, DiagonalKernel):
+            dt, A, B, _ = kernel.continuous_parameters()
+            A, B = A[0], B[0]                                 # (N/2,) each, shared by the channels
+            zeros = torch.zeros(dt.shape[0], dtype=torch.float64)
+            parts = dict(F=torch.exp(dt * A), P=torch.zeros_like(A), Bv=B / A, alpha=zeros + 1, b=zeros, gamma=zeros)
+            sigma, rank1 = -1.0, False
+        else:
+            raise TypeError(f"no fast step for kernel {type(kernel).__name__}")
+    constants = {name: value.detach().numpy() for name, value in parts.items()}
+    constants["sigma"], constants["rank1"] = sigma, rank1
+    return constants
+
+
+def compact_plan(constants: dict, C: np.ndarray) -> CompactSSMPlan:
+    """`compact_ssm`'s constants and C (H, N/2) laid out for the engine: rows per state index, inner axis the
+    channels."""
+    rows = [part.T for part in (constants["F"].real, constants["F"].imag, C.real, C.imag)]
+    state = np.stack([constants["P"].real, constants["P"].imag, constants["Bv"].real, constants["Bv"].imag], axis=1)
+    return CompactSSMPlan(constants["sigma"], np.stack([constants[name] for name in ("alpha", "b", "gamma")]),
+                          state, np.stack(rows, axis=1))
+
+
 def norm_plan(norm: torch.nn.Module) -> NormPlan:
     if isinstance(norm, TransposedLN):
         return NormPlan("transposed", _array(torch.cat([norm.m, norm.s])), 0.0)
@@ -154,8 +215,10 @@ def block_plan(block: ResidualBlock) -> S4Plan | FeedForwardPlan:
     if isinstance(layer, S4Block):
         matrices = ssm_matrices(layer.kernel)
         rows = [part.T for name in ("M", "F", "G", "G_p", "C") for part in (matrices[name].real, matrices[name].imag)]
-        return S4Plan(norm, np.stack(rows, axis=1), bool(matrices["rank1"]), _array(layer.D),
-                      _array(layer.output_linear.weight), _array(layer.output_linear.bias), bool(layer.glu))
+        compact = compact_plan(compact_ssm(layer.kernel), matrices["C"])
+        return S4Plan(norm, np.stack(rows, axis=1), compact, bool(matrices["rank1"]),
+                      _array(layer.D), _array(layer.output_linear.weight), _array(layer.output_linear.bias),
+                      bool(layer.glu))
     if isinstance(layer, FeedForward):
         return FeedForwardPlan(norm, _array(layer.linear_in.weight), _array(layer.linear_in.bias),
                                _array(layer.linear_out.weight), _array(layer.linear_out.bias))

@@ -13,10 +13,10 @@ from study.generation.engines.step import StepEngine
 from study.sashimi import SaShiMi
 
 BACKENDS = ("auto", "numba", "graph", "step")
-# Storage of the linear layers' weights. 'auto' on 'numba': bf16 when sampling (it halves the linear layers'
-# bytes and moves the likelihood by far less than 0.005 bits/sample, tests/generation/test_precision.py),
-# fp32 at temperature 0 (greedy streams stay those of the reference step); fp32 on the other backends.
-# int8 (one scale per output row) reads a quarter of fp32's bytes; it is offered, not the default.
+# Storage of the linear layers' weights (bf16 and int8 with the compact S4 step). 'auto' on 'numba': int8
+# when sampling (one scale per output row, a quarter of fp32's bytes; it moves the likelihood by far less
+# than 0.005 bits/sample, tests/generation/test_precision.py), fp32 at temperature 0 (greedy streams stay
+# those of the reference step); fp32 on the other backends (numba_engine.SAMPLING_PRECISION).
 PRECISIONS = ("auto", "fp32", "bf16", "int8")
 
 
