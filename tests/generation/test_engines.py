@@ -84,6 +84,26 @@ def test_compact_ssm_step_with_fp32_weights_equals_forward_for_model_variants(ov
     assert_engine_matches_forward(model, engine, 256, batch_size=3)
 
 
+def test_the_two_s4_forms_continue_each_others_memory(monkeypatch):
+    """Each form reads the correction s = Re(M.x) the other carried in the memory ('auto' switches forms
+    on one state): folded then compact, and compact then folded, give the logits of forward."""
+    model = small_model()
+    folded = FastEngine(model, precision="fp32")
+    monkeypatch.setitem(numba_network._SSM_FORM_OF, "fp32", numba_network._SSM_COMPACT)
+    compact = FastEngine(model, precision="fp32")
+    tokens = torch.randint(0, model.config.n_classes, (2, 96))
+    with torch.no_grad():
+        expected = model(tokens).numpy()
+    forced = np.roll(tokens.numpy(), -1, axis=1)
+    keys = stream_keys(0, range(2))
+    for first, then in ((folded, compact), (compact, folded)):
+        state = first.new_state(2)
+        head = first.run(state, tokens[:, 0].numpy(), forced[:, :37], keys, 0, SamplingSettings(), keep_logits=True)
+        tail = then.run(state, forced[:, 36], forced[:, 37:], keys, 37, SamplingSettings(), keep_logits=True)
+        error = np.abs(np.concatenate([head.logits, tail.logits], axis=1) - expected).max()
+        assert error <= 1e-4, (first.describe(), error)
+
+
 SAMPLINGS = [SamplingSettings(), SamplingSettings(temperature=0.8, top_k=20, top_p=0.9),
              SamplingSettings(temperature=1.3, top_p=0.5), SamplingSettings(temperature=0), SamplingSettings(top_k=1)]
 
@@ -295,8 +315,10 @@ def test_plan_names_every_block_and_state_is_the_recurrent_state_size():
         assert plan.program_lengths[phase] == len(ops)
         assert plan.program[phase, :len(ops)].tolist() == [[STEP_OPS[op.kind], op.level, op.slot, op.completes]
                                                            for op in ops]
-    # per S4 block 2 * H * N/2 floats; per pooling level two buffers of H * stride
-    expected = sum(2 * b.layer.kernel.channels * b.layer.kernel.half_state for b in model.backbone.stateful_blocks())
+    # per S4 block 2 * H * N/2 floats of memory and H of its carried correction s = Re(M.x); per pooling
+    # level two buffers of H * stride
+    expected = sum((2 * b.layer.kernel.half_state + 1) * b.layer.kernel.channels
+                   for b in model.backbone.stateful_blocks())
     expected += sum(2 * 16 * 2 ** level * 4 for level in range(2))
     assert FastEngine(model).state_size == expected
 

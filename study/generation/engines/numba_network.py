@@ -136,7 +136,7 @@ def flatten(plan: NetworkPlan, precision: str = "fp32") -> FlatNetwork:
             row[_B_DSKIP] = add(block.skip)
             row[_B_W1], row[_B_B1] = add_weight(block.output_weight), add(block.output_bias)
             row[_B_OUT1] = block.output_weight.shape[0]
-            row[_B_MEM] = allocate(2 * block.channels * block.half_state)
+            row[_B_MEM] = allocate((2 * block.half_state + 1) * block.channels)   # x, then s = Re(M.x)
         else:
             row[_B_KIND], row[_B_OUT1] = _KIND_FF, block.weight_in.shape[0]
             row[_B_W1], row[_B_B1] = add_weight(block.weight_in), add(block.bias_in)

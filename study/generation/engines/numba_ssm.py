@@ -2,8 +2,10 @@
 
 The folded form reads 10 float32 rows per (state index n, channel h) (`numba_plan.ssm_matrices`);
 the compact form reads F and C (4 rows) and rebuilds the rest from per-n and per-h constants
-(`numba_plan.compact_ssm`). Both keep a stream's memory as Re (N/2, H) then Im (N/2, H), so either
-continues the other's state; they never allocate inside their loops.
+(`numba_plan.compact_ssm`). Both keep a stream's memory as Re (N/2, H), Im (N/2, H), then the
+correction s = Re(M.x) of the memory as it stands (H), which the step that writes x computes on the
+way, so one pass over the state indices does a step; either form continues the other's state. They
+never allocate inside their loops.
 """
 
 import numba
@@ -19,23 +21,20 @@ def _folded_stream(m, dskip, n2, channels, rank1, W, b, z_off, y_off, s_off, S, 
     block = channels * n2
     xr = S[b, mem_off:mem_off + block]
     xi = S[b, mem_off + block:mem_off + 2 * block]
+    carried = S[b, mem_off + 2 * block:mem_off + 2 * block + channels]   # Re(M.x), then Re(M.x')
     u = W[b, z_off:z_off + channels]
     s = W[b, s_off:s_off + channels]
     y = W[b, y_off:y_off + channels]
     for h in range(channels):
-        s[h] = 0.0
+        s[h] = carried[h] if rank1 else 0.0
+        carried[h] = 0.0
         y[h] = dskip[h] * u[h]
-    if rank1:
-        for n in range(n2):
-            mr = m[n, 0]
-            mi = m[n, 1]
-            base = n * channels
-            for h in range(channels):
-                s[h] += mr[h] * xr[base + h] - mi[h] * xi[base + h]
     for n in range(n2):
         ahead = off + (n + 1) * 10 * channels  # the next state index, then what follows the matrices
         for k in range(0, min(10 * channels, limit_prefetch - ahead), PREFETCH_STEP):
             prefetch(P, ahead + k)
+        mr = m[n, 0]
+        mi = m[n, 1]
         fr = m[n, 2]
         fi = m[n, 3]
         gr = m[n, 4]
@@ -56,6 +55,8 @@ def _folded_stream(m, dskip, n2, channels, rank1, W, b, z_off, y_off, s_off, S, 
             xr[j] = nr
             xi[j] = ni
             y[h] += cr[h] * nr - ci[h] * ni
+            if rank1:
+                carried[h] += mr[h] * nr - mi[h] * ni
 
 
 @numba.njit(**JIT)
@@ -65,31 +66,29 @@ def _folded_pairs(m, dskip, n2, channels, rank1, W, b, z_off, y_off, s_off, S, m
     c = b + 1
     xr = S[b, mem_off:mem_off + block]
     xi = S[b, mem_off + block:mem_off + 2 * block]
+    carried = S[b, mem_off + 2 * block:mem_off + 2 * block + channels]
     u = W[b, z_off:z_off + channels]
     s = W[b, s_off:s_off + channels]
     y = W[b, y_off:y_off + channels]
     xr2 = S[c, mem_off:mem_off + block]
     xi2 = S[c, mem_off + block:mem_off + 2 * block]
+    carried2 = S[c, mem_off + 2 * block:mem_off + 2 * block + channels]
     u2 = W[c, z_off:z_off + channels]
     s2 = W[c, s_off:s_off + channels]
     y2 = W[c, y_off:y_off + channels]
     for h in range(channels):
-        s[h] = 0.0
+        s[h] = carried[h] if rank1 else 0.0
+        s2[h] = carried2[h] if rank1 else 0.0
+        carried[h] = 0.0
+        carried2[h] = 0.0
         y[h] = dskip[h] * u[h]
-        s2[h] = 0.0
         y2[h] = dskip[h] * u2[h]
-    if rank1:
-        for n in range(n2):
-            mr = m[n, 0]
-            mi = m[n, 1]
-            base = n * channels
-            for h in range(channels):
-                s[h] += mr[h] * xr[base + h] - mi[h] * xi[base + h]
-                s2[h] += mr[h] * xr2[base + h] - mi[h] * xi2[base + h]
     for n in range(n2):
         ahead = off + (n + 1) * 10 * channels
         for k in range(0, min(10 * channels, limit_prefetch - ahead), PREFETCH_STEP):
             prefetch(P, ahead + k)
+        mr = m[n, 0]
+        mi = m[n, 1]
         fr = m[n, 2]
         fi = m[n, 3]
         gr = m[n, 4]
@@ -114,22 +113,25 @@ def _folded_pairs(m, dskip, n2, channels, rank1, W, b, z_off, y_off, s_off, S, m
             ai = xi2[j]
             sv = s2[h]
             uv = u2[h]
-            nr = fr[h] * ar - fi[h] * ai - pr[h] * sv + gr[h] * uv
-            ni = fr[h] * ai + fi[h] * ar - pi[h] * sv + gi[h] * uv
-            xr2[j] = nr
-            xi2[j] = ni
-            y2[h] += cr[h] * nr - ci[h] * ni
+            nr2 = fr[h] * ar - fi[h] * ai - pr[h] * sv + gr[h] * uv
+            ni2 = fr[h] * ai + fi[h] * ar - pi[h] * sv + gi[h] * uv
+            xr2[j] = nr2
+            xi2[j] = ni2
+            y2[h] += cr[h] * nr2 - ci[h] * ni2
+            if rank1:
+                carried[h] += mr[h] * nr - mi[h] * ni
+                carried2[h] += mr[h] * nr2 - mi[h] * ni2
 
 
 @numba.njit(**JIT)
 def folded_ssm_step(P, off, n2, channels, rank1, d_off, W, z_off, y_off, s_off, S, mem_off, batch):
     """W[b, y + h] = Re(C.x') + D u for u = W[b, z + h], advancing the memory x of every (b, h), in the
-    folded form x' = F x - G_p s + G u, s = Re(M.x) (`numba_plan.ssm_matrices`).
+    folded form x' = F x - G_p s + G u, s = Re(M.x) (`numba_plan.ssm_matrices`), s carried in the memory.
 
     P[off:] is (n2, 10, channels): for each state index n the rows Mr, Mi, Fr, Fi, Gr, Gi, Gpr, Gpi,
     Cr, Ci, so the inner loops run over channels and each n reads one contiguous piece; a stream's
-    memory is Re (n2, channels) then Im (n2, channels) at S[b, mem_off:]. W[b, s_off:] is scratch
-    for s = Re(M.x). Streams go in pairs so that each load of the matrices serves two."""
+    memory is Re (n2, channels), Im (n2, channels), then s (channels) at S[b, mem_off:]. W[b, s_off:] is
+    scratch for this step's s. Streams go in pairs so that each load of the matrices serves two."""
     m = P[off:off + 10 * channels * n2].reshape((n2, 10, channels))
     dskip = P[d_off:d_off + channels]
     limit = P.shape[0]
@@ -148,32 +150,14 @@ def _compact_stream(sigma, alpha, shift, gamma, state, rows, dskip, n2, channels
     block = channels * n2
     xr = S[b, mem_off:mem_off + block]
     xi = S[b, mem_off + block:mem_off + 2 * block]
+    carried = S[b, mem_off + 2 * block:mem_off + 2 * block + channels]   # Re(M.x), then Re(M.x')
     u = W[b, z_off:z_off + channels]
     t = W[b, t_off:t_off + channels]
     y = W[b, y_off:y_off + channels]
     for h in range(channels):
-        t[h] = 0.0
+        t[h] = alpha[h] * (carried[h] + shift[h] * u[h]) if rank1 else 0.0
+        carried[h] = 0.0
         y[h] = dskip[h] * u[h]
-    if rank1:
-        for n in range(n2):
-            ahead = rows_off + (n + 1) * 4 * channels  # the next state index: the update pass finds it cached
-            for k in range(0, min(4 * channels, limit_prefetch - ahead), PREFETCH_STEP):
-                prefetch(P, ahead + k)
-            pr = state[n, 0]
-            pi = state[n, 1]
-            fr = rows[n, 0]
-            fi = rows[n, 1]
-            base = n * channels
-            for h in range(channels):
-                ar = xr[base + h]
-                ai = xi[base + h]
-                wr = fr[h] + sigma
-                wi = fi[h]
-                qr = pr * ar + pi * ai      # Q x with Q = conj P
-                qi = pr * ai - pi * ar
-                t[h] += wr * qr - wi * qi
-        for h in range(channels):
-            t[h] = alpha[h] * (gamma[h] * t[h] + shift[h] * u[h])
     for n in range(n2):
         ahead = rows_off + (n + 1) * 4 * channels  # the next state index, then what follows the rows
         for k in range(0, min(4 * channels, limit_prefetch - ahead), PREFETCH_STEP):
@@ -202,6 +186,11 @@ def _compact_stream(sigma, alpha, shift, gamma, state, rows, dskip, n2, channels
             xr[j] = nr
             xi[j] = ni
             y[h] += cr[h] * nr - ci[h] * ni
+            if rank1:      # Re((F + sigma) Q x'), Q = conj P
+                carried[h] += wr * (pr * nr + pi * ni) - wi * (pr * ni - pi * nr)
+    if rank1:
+        for h in range(channels):
+            carried[h] *= gamma[h]
 
 
 @numba.njit(**JIT)
@@ -212,45 +201,23 @@ def _compact_pairs(sigma, alpha, shift, gamma, state, rows, dskip, n2, channels,
     c = b + 1
     xr = S[b, mem_off:mem_off + block]
     xi = S[b, mem_off + block:mem_off + 2 * block]
+    carried = S[b, mem_off + 2 * block:mem_off + 2 * block + channels]
     u = W[b, z_off:z_off + channels]
     t = W[b, t_off:t_off + channels]
     y = W[b, y_off:y_off + channels]
     xr2 = S[c, mem_off:mem_off + block]
     xi2 = S[c, mem_off + block:mem_off + 2 * block]
+    carried2 = S[c, mem_off + 2 * block:mem_off + 2 * block + channels]
     u2 = W[c, z_off:z_off + channels]
     t2 = W[c, t_off:t_off + channels]
     y2 = W[c, y_off:y_off + channels]
     for h in range(channels):
-        t[h] = 0.0
+        t[h] = alpha[h] * (carried[h] + shift[h] * u[h]) if rank1 else 0.0
+        t2[h] = alpha[h] * (carried2[h] + shift[h] * u2[h]) if rank1 else 0.0
+        carried[h] = 0.0
+        carried2[h] = 0.0
         y[h] = dskip[h] * u[h]
-        t2[h] = 0.0
         y2[h] = dskip[h] * u2[h]
-    if rank1:
-        for n in range(n2):
-            ahead = rows_off + (n + 1) * 4 * channels
-            for k in range(0, min(4 * channels, limit_prefetch - ahead), PREFETCH_STEP):
-                prefetch(P, ahead + k)
-            pr = state[n, 0]
-            pi = state[n, 1]
-            fr = rows[n, 0]
-            fi = rows[n, 1]
-            base = n * channels
-            for h in range(channels):
-                wr = fr[h] + sigma
-                wi = fi[h]
-                ar = xr[base + h]
-                ai = xi[base + h]
-                qr = pr * ar + pi * ai
-                qi = pr * ai - pi * ar
-                t[h] += wr * qr - wi * qi
-                ar = xr2[base + h]
-                ai = xi2[base + h]
-                qr = pr * ar + pi * ai
-                qi = pr * ai - pi * ar
-                t2[h] += wr * qr - wi * qi
-        for h in range(channels):
-            t[h] = alpha[h] * (gamma[h] * t[h] + shift[h] * u[h])
-            t2[h] = alpha[h] * (gamma[h] * t2[h] + shift[h] * u2[h])
     for n in range(n2):
         ahead = rows_off + (n + 1) * 4 * channels
         for k in range(0, min(4 * channels, limit_prefetch - ahead), PREFETCH_STEP):
@@ -286,11 +253,18 @@ def _compact_pairs(sigma, alpha, shift, gamma, state, rows, dskip, n2, channels,
             tv = t2[h]
             vr = br * au - pr * tv
             vi = bi * au - pi * tv
-            nr = fr[h] * ar - fi[h] * ai + wr * vr - wi * vi
-            ni = fr[h] * ai + fi[h] * ar + wr * vi + wi * vr
-            xr2[j] = nr
-            xi2[j] = ni
-            y2[h] += cr[h] * nr - ci[h] * ni
+            nr2 = fr[h] * ar - fi[h] * ai + wr * vr - wi * vi
+            ni2 = fr[h] * ai + fi[h] * ar + wr * vi + wi * vr
+            xr2[j] = nr2
+            xi2[j] = ni2
+            y2[h] += cr[h] * nr2 - ci[h] * ni2
+            if rank1:
+                carried[h] += wr * (pr * nr + pi * ni) - wi * (pr * ni - pi * nr)
+                carried2[h] += wr * (pr * nr2 + pi * ni2) - wi * (pr * ni2 - pi * nr2)
+    if rank1:
+        for h in range(channels):
+            carried[h] *= gamma[h]
+            carried2[h] *= gamma[h]
 
 
 @numba.njit(**JIT)
@@ -298,8 +272,10 @@ def compact_ssm_step(P, off, n2, channels, rank1, d_off, W, z_off, y_off, t_off,
     """W[b, y + h] = Re(C.x') + D u for u = W[b, z + h], advancing the memory x of every (b, h), in the
     compact form (`numba_plan.compact_ssm`):
 
-      t_h = alpha_h (gamma_h Re sum_n (F + sigma) Q_n x_n + b_h u_h)   (DPLR; t = 0 when diagonal)
+      t_h = alpha_h (s_h + b_h u_h),  s_h = gamma_h Re sum_n (F + sigma) Q_n x_n   (DPLR; t = 0 when diagonal)
       x_n' = F x_n + (F + sigma) (Bv_n alpha_h u_h - P_n t_h),   Q = conj P
+
+    (s = Re(M.x) of the folded form, carried in the memory after x and computed for x' on the way.)
 
     P[off:] holds sigma, then (3, channels) rows alpha, b, gamma, then (n2, 4) Re P, Im P, Re Bv, Im Bv,
     then (n2, 4, channels) rows Fr, Fi, Cr, Ci (inner loops run over channels). W[b, t_off:] is scratch
