@@ -3,7 +3,7 @@
 Streams of a batch are split over threads (no synchronisation per sample); the linear layers' weights
 are stored in fp32, bf16 or int8 (the reduced ones with the compact S4 step), or two of them ('auto':
 int8 when sampling, fp32 when greedy, on one shared state); the first call of a process says so when
-numba is compiling. It never changes the model.
+numba is compiling, after clearing numba's cache if any engine source changed. It never changes the model.
 """
 
 import os
@@ -16,6 +16,8 @@ from typing import Sequence
 import numpy as np
 import torch
 
+from study.generation.engines import numba_kernels, numba_math, numba_network, numba_sampler, numba_ssm
+from study.generation.engines.numba_cache import clear_if_sources_changed
 from study.generation.engines.numba_network import PRECISIONS, FlatNetwork, flatten, run_steps
 from study.generation.engines.numba_plan import network_plan
 from study.generation.engines.protocol import EngineState, StepOutputs, check_batch, joined_position
@@ -38,6 +40,8 @@ def default_threads(batch_size: int) -> int:
 SAMPLING_PRECISION, GREEDY_PRECISION = "int8", "fp32"
 COMPILE_NOTICE_SECONDS = 1.0   # say so when compiling takes longer than this
 _compiled: set[str] = set()     # precisions whose `run_steps` is compiled or loaded in this process
+# the modules whose functions `run_steps` compiles in; numba's cache of them is cleared when any changed
+ENGINE_MODULES = [numba_math, numba_kernels, numba_sampler, numba_ssm, numba_network]
 _compile_lock = threading.Lock()
 
 
@@ -52,6 +56,8 @@ def _warm_up(flat: FlatNetwork) -> None:
     with _compile_lock:
         if flat.precision in _compiled:
             return
+        if not _compiled:
+            clear_if_sources_changed(ENGINE_MODULES)
         misses = sum(run_steps.stats.cache_misses.values())
         notice = threading.Timer(COMPILE_NOTICE_SECONDS, lambda: _compiling(misses) and print(
             "compiling the CPU engine (~30 s on an idle machine, cached afterwards)", file=sys.stderr, flush=True))
