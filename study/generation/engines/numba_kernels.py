@@ -102,7 +102,8 @@ def _store4(Y, b, at, bias, scale, o, r0, r1, r2, r3, accumulate):
 
 @numba.njit(**JIT)
 def _linear_stream(P, Q, w, bias, n_out, n_in, X, b, x_off, Y, y_off, accumulate):
-    """One stream: Y[b, y_off + o] (+)= sum_i W[o, i] X[b, x_off + i] + bias[o], 4 rows per tile."""
+    """One stream: Y[b, y_off + o] (+)= sum_i W[o, i] X[b, x_off + i] + bias[o], 8 rows per tile (eight
+    independent sums keep both FMA units busy), then a 4-row tile, then single rows."""
     weight = Q[w:w + n_out * n_in].reshape((n_out, n_in))
     shift = P[bias:bias + n_out]
     scale = P[bias - n_out:bias]   # per-row scales of the stored weights, just before the bias
@@ -110,9 +111,42 @@ def _linear_stream(P, Q, w, bias, n_out, n_in, X, b, x_off, Y, y_off, accumulate
     limit = Q.shape[0]
     step = 64 // Q.itemsize  # one prefetch per cache line
     o = 0
-    while o + 4 <= n_out:
+    while o + 8 <= n_out:
         # Keep a software prefetch stream running ahead of the reads, past the end of this matrix into
         # whatever is stored next (the weights are laid out in the order the step uses them).
+        ahead = w + (o + 4 * PREFETCH_TILES) * n_in
+        for k in range(0, min(8 * n_in, limit - ahead), step):
+            prefetch(Q, ahead + k)
+        w0 = weight[o]
+        w1 = weight[o + 1]
+        w2 = weight[o + 2]
+        w3 = weight[o + 3]
+        w4 = weight[o + 4]
+        w5 = weight[o + 5]
+        w6 = weight[o + 6]
+        w7 = weight[o + 7]
+        a0 = np.float32(0.0)
+        a1 = np.float32(0.0)
+        a2 = np.float32(0.0)
+        a3 = np.float32(0.0)
+        a4 = np.float32(0.0)
+        a5 = np.float32(0.0)
+        a6 = np.float32(0.0)
+        a7 = np.float32(0.0)
+        for i in range(n_in):
+            v = x[i]
+            a0 += widen(w0[i]) * v
+            a1 += widen(w1[i]) * v
+            a2 += widen(w2[i]) * v
+            a3 += widen(w3[i]) * v
+            a4 += widen(w4[i]) * v
+            a5 += widen(w5[i]) * v
+            a6 += widen(w6[i]) * v
+            a7 += widen(w7[i]) * v
+        _store4(Y, b, y_off + o, shift, scale, o, a0, a1, a2, a3, accumulate)
+        _store4(Y, b, y_off + o + 4, shift, scale, o + 4, a4, a5, a6, a7, accumulate)
+        o += 8
+    if o + 4 <= n_out:
         ahead = w + (o + 4 * PREFETCH_TILES) * n_in
         for k in range(0, min(4 * n_in, limit - ahead), step):
             prefetch(Q, ahead + k)
