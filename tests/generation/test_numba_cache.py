@@ -9,18 +9,18 @@ from study.generation.engines.numba_cache import STAMP_NAME, cached_functions, c
 from study.generation.engines.numba_engine import ENGINE_MODULES
 
 
-def _module_from(path, name):
+def _module_from(path, name, monkeypatch):
     spec = importlib.util.spec_from_file_location(name, path)
     module = importlib.util.module_from_spec(spec)
-    sys.modules[name] = module
+    monkeypatch.setitem(sys.modules, name, module)   # removed again after the test, even when it fails
     spec.loader.exec_module(module)
     return module
 
 
-def test_cache_is_cleared_once_after_a_source_changes(tmp_path):
+def test_cache_is_cleared_once_after_a_source_changes(tmp_path, monkeypatch):
     source = tmp_path / "kernels_under_test.py"
     source.write_text("import numba\n\n\n@numba.njit(cache=True)\ndef twice(x):\n    return 2 * x\n")
-    module = _module_from(source, "kernels_under_test")
+    module = _module_from(source, "kernels_under_test", monkeypatch)
     assert module.twice(3) == 6                       # compiled and written to the cache
     index = module.twice._cache._cache_file
     assert index._load_index(), "numba wrote no cache index"
@@ -34,7 +34,6 @@ def test_cache_is_cleared_once_after_a_source_changes(tmp_path):
     source.write_text(source.read_text() + "\n# an edit\n")
     assert clear_if_sources_changed([module])         # edited: cleared again
     assert index._load_index() == {}
-    sys.modules.pop("kernels_under_test")
 
 
 def test_the_engine_cache_covers_every_module_with_cached_functions():
