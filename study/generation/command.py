@@ -37,7 +37,7 @@ class GenerateConfig:
     backend: str = "auto"                      # auto | numba | graph | step
     device: str = "auto"                       # auto | cpu | cuda
     threads: int = 0                           # numba threads; 0: one per core, at most one per stream
-    precision: str = "auto"                    # numba linear weights: auto (int8; fp32 greedy) | fp32 | bf16 | int8
+    precision: str = "auto"                    # numba linear weights: auto (w8a8; fp32 greedy) | fp32 | bf16 | int8 | w8a8
     data_cache: Optional[str] = None           # split prompts: prepared-data folder (default: checkpoint's)
     spectrograms: bool = True
     progress: bool = True

@@ -110,7 +110,7 @@ class Generator:
         self.load_seconds = time.perf_counter() - started
 
     def precision_for(self, sampling: SamplingSettings) -> str:
-        """The storage of the linear weights a generation with `sampling` runs with (fp32 | bf16 | int8)."""
+        """The storage of the linear weights a generation with `sampling` runs with (fp32 | bf16 | int8 | w8a8)."""
         choose = getattr(self.engine, "precision_for", None)
         return choose(sampling) if choose else "fp32"
 

@@ -56,7 +56,7 @@ class Provenance:
     audio: AudioFormat
     backend: str           # the engine's describe() after the run (says if CUDA graph capture failed)
     device: str
-    precision: str = "fp32"  # storage of the engine's linear weights (fp32 | bf16 | int8)
+    precision: str = "fp32"  # storage of the engine's linear weights (fp32 | bf16 | int8 | w8a8)
 
 
 def staging_folder(output: str | Path) -> StagingFolder:

@@ -149,7 +149,7 @@ def test_cli_writes_everything_and_ranks_by_model_likelihood(workspace, tmp_path
     assert str(output) in printed and "ranking" in printed
     manifest = json.loads((output / "manifest.json").read_text())
     assert manifest["settings"]["temperature"] == 0.9 and manifest["checkpoint"]["sha256"]
-    assert manifest["precision"] == manifest["settings"]["precision"] == "int8"   # the default when sampling
+    assert manifest["precision"] == manifest["settings"]["precision"] == "w8a8"   # the default when sampling
     assert manifest["timings"]["real_time_factor_per_stream"] > 0
     order = manifest["ranking"]["order"]
     means = {c["id"]: c["log_likelihood"]["model"]["mean_nats"] for c in manifest["continuations"]}
@@ -166,14 +166,14 @@ def test_cli_writes_everything_and_ranks_by_model_likelihood(workspace, tmp_path
 
 
 @pytest.mark.parametrize("precision, temperature, stored", [("auto", 0, "fp32"), ("fp32", 1, "fp32"),
-                                                             ("bf16", 0, "bf16")])
+                                                             ("bf16", 0, "bf16"), ("w8a8", 0, "w8a8")])
 def test_precision_is_chosen_on_the_command_line_and_recorded(workspace, tmp_path, precision, temperature, stored):
     output = tmp_path / "samples"
     assert cli.main(["generate", f"checkpoint={workspace['checkpoint']}", "seconds=0.005", f"output={output}",
                      f"precision={precision}", f"temperature={temperature}", "progress=false"]) == 0
     manifest = json.loads((output / "manifest.json").read_text())
     assert manifest["precision"] == manifest["settings"]["precision"] == stored
-    described = "int8 linear weights and compact S4 step (fp32 and folded when greedy)" if precision == "auto" else \
+    described = "w8a8 linear weights and compact S4 step (fp32 and folded when greedy)" if precision == "auto" else \
         f"{stored} linear weights and {'folded' if stored == 'fp32' else 'compact'} S4 step"
     assert described in manifest["backend"]
 

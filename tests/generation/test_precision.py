@@ -57,7 +57,7 @@ def test_bfloat16_rounding_matches_torch():
 
 
 @pytest.mark.parametrize("kernel", [dict(), dict(ssm_mode="diag", ssm_init="diag-lin")], ids=["dplr", "diagonal"])
-@pytest.mark.parametrize("precision", ["bf16", "int8"])
+@pytest.mark.parametrize("precision", ["bf16", "int8", "w8a8"])
 def test_reduced_likelihood_of_music_windows_is_within_the_bound_of_the_reference_step(precision, kernel):
     model = perturbed_model(**SMALL, **kernel)
     tokens = music_tokens(2, 1024)
@@ -71,7 +71,7 @@ def test_reduced_likelihood_of_music_windows_is_within_the_bound_of_the_referenc
     assert np.abs(reduced - fp32).max() > 0   # the weights really are rounded
 
 
-@pytest.mark.parametrize("precision", ["bf16", "int8"])
+@pytest.mark.parametrize("precision", ["bf16", "w8a8"])   # w8a8: int8 weights (as int8) and 8-bit activations
 @pytest.mark.parametrize("preset", ["sashimi-2", "sashimi-8"])
 def test_reduced_likelihood_at_full_size_is_within_the_bound_of_the_fp32_engine(preset, precision):
     # the fp32 engine equals model.forward at full size (test_engines), and forward equals the step
@@ -130,7 +130,8 @@ def truncated_probabilities(logits: np.ndarray, temperature: float, top_k: int) 
     return weights / weights.sum()
 
 
-@pytest.mark.parametrize("precision, temperature, top_k", [("bf16", 1.0, 0), ("bf16", 0.7, 40), ("int8", 1.0, 0)])
+@pytest.mark.parametrize("precision, temperature, top_k", [("bf16", 1.0, 0), ("bf16", 0.7, 40), ("int8", 1.0, 0),
+                                                                ("w8a8", 1.0, 0), ("w8a8", 0.7, 40)])
 def test_reduced_precision_draws_follow_the_reference_next_token_distribution(precision, temperature, top_k):
     model = perturbed_model(**SMALL)
     prompt = music_tokens(1, 300)

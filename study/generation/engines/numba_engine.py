@@ -1,9 +1,10 @@
 """Generation backend 'numba': the fused CPU loop of `numba_network` behind the engine Protocol.
 
 Streams of a batch are split over threads (no synchronisation per sample); the linear layers' weights
-are stored in fp32, bf16 or int8 (the reduced ones with the compact S4 step), or two of them ('auto':
-int8 when sampling, fp32 when greedy, on one shared state); the first call of a process says so when
-numba is compiling, after clearing numba's cache if any engine source changed. It never changes the model.
+are stored in fp32, bf16, int8 or w8a8 (int8 weights and 8-bit activations; the reduced ones with the
+compact S4 step), or two of them ('auto': w8a8 when sampling, fp32 when greedy, on one shared state);
+the first call of a process says so when numba is compiling, after clearing numba's cache if any
+engine source changed. It never changes the model.
 """
 
 import os
@@ -16,7 +17,7 @@ from typing import Sequence
 import numpy as np
 import torch
 
-from study.generation.engines import numba_kernels, numba_math, numba_network, numba_sampler, numba_ssm
+from study.generation.engines import numba_kernels, numba_math, numba_network, numba_sampler, numba_ssm, numba_w8a8
 from study.generation.engines.numba_cache import clear_if_sources_changed
 from study.generation.engines.numba_network import PRECISIONS, FlatNetwork, flatten, run_steps
 from study.generation.engines.numba_plan import network_plan
@@ -34,14 +35,14 @@ def default_threads(batch_size: int) -> int:
     return max(1, min(cores, batch_size))
 
 
-# 'auto': the weight storage when sampling (int8 moves the likelihood by 5e-5..1e-4 bits/sample at full size,
-# the compact S4 step alone by ~4e-8; tests/generation/test_precision.py) and at temperature 0 (greedy
-# streams stay those of the reference step).
-SAMPLING_PRECISION, GREEDY_PRECISION = "int8", "fp32"
+# 'auto': the weight storage when sampling (w8a8 moves the likelihood by ~2e-4 bits/sample at full size, int8
+# weights alone by 5e-5..1e-4, the compact S4 step alone by ~4e-8; tests/generation/test_precision.py) and at
+# temperature 0 (greedy streams stay those of the reference step).
+SAMPLING_PRECISION, GREEDY_PRECISION = "w8a8", "fp32"
 COMPILE_NOTICE_SECONDS = 1.0   # say so when compiling takes longer than this
 _compiled: set[str] = set()     # precisions whose `run_steps` is compiled or loaded in this process
 # the modules whose functions `run_steps` compiles in; numba's cache of them is cleared when any changed
-ENGINE_MODULES = [numba_math, numba_kernels, numba_sampler, numba_ssm, numba_network]
+ENGINE_MODULES = [numba_math, numba_kernels, numba_sampler, numba_ssm, numba_w8a8, numba_network]
 _compile_lock = threading.Lock()
 
 
@@ -83,8 +84,8 @@ class FastEngine:
     device = torch.device("cpu")
 
     def __init__(self, model: SaShiMi, threads: int | None = None, precision: str = "fp32"):
-        """precision: 'fp32', 'bf16', 'int8' or 'auto' (int8 when sampling: the likelihood moves by ~1e-4 bits/sample;
-        fp32 at temperature 0, where one near-tied argmax flipped by rounding changes the whole stream)."""
+        """precision: 'fp32', 'bf16', 'int8', 'w8a8' or 'auto' (w8a8 when sampling: the likelihood moves by ~2e-4
+        bits/sample; fp32 at temperature 0, where one near-tied argmax flipped by rounding changes the whole stream)."""
         if precision not in PRECISIONS + ("auto",):
             raise ValueError(f"precision={precision!r} is unknown for backend numba: use one of "
                              f"{PRECISIONS + ('auto',)}")
@@ -181,4 +182,6 @@ class FastEngine:
                        f"({greedy.precision} and {greedy.ssm_form} when greedy)")
         else:
             storage = f"{self._flat.precision} linear weights and {self._flat.ssm_form} S4 step"
+        if "w8a8" in self._flats:
+            storage += f"; w8a8 sums by {numba_w8a8.INSTRUCTIONS}"
         return f"backend numba: fused CPU loop over all layers and the sampler, {storage} (threads: {threads})"

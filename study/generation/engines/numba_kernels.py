@@ -240,7 +240,7 @@ def _linear_pairs(P, Q, w, bias, n_out, n_in, X, b, x_off, Y, y_off, accumulate)
 
 
 @numba.njit(**JIT)
-def linear(P, Q, w, bias, n_out, n_in, X, x_off, Y, y_off, batch, accumulate):
+def linear_widened(P, Q, w, bias, n_out, n_in, X, x_off, Y, y_off, batch, accumulate):
     """Y[b, y_off + o] (+)= sum_i W[o, i] X[b, x_off + i] + bias[o] for every stream b,
     W = Q[w:].reshape(n_out, n_in) (float32, bfloat16 or int8) times the row scales P[bias - n_out:bias],
     bias = P[bias:]: streams in pairs, then the odd one. (The two loop nests live in

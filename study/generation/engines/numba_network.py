@@ -22,11 +22,14 @@ from dataclasses import dataclass
 import numba
 import numpy as np
 
+from numba.extending import overload
+
 from study.generation.engines.numba_kernels import (JIT, NORM_LAYER, NORM_TRANSPOSED, channel_norm, copy_rows,
-                                                    gelu_rows, glu_add, linear, to_bfloat16, to_int8_rows)
+                                                    gelu_rows, glu_add, linear_widened, to_bfloat16, to_int8_rows)
 from study.generation.engines.numba_plan import STEP_OPS, FeedForwardPlan, NetworkPlan, S4Plan
 from study.generation.engines.numba_sampler import exp_weights, largest, sample_one, uniform
 from study.generation.engines.numba_ssm import compact_ssm_step, folded_ssm_step
+from study.generation.engines.numba_w8a8 import BLOCK_ROWS, GROUP_INPUTS, linear_w8a8, pack_w8a8, padded
 
 # -- the flat form (its layout is private to this module) ---------------------------------------------------------
 # levels[l], l = 0 (outermost, d_model channels) .. D (centre), D = len(pool)
@@ -41,25 +44,28 @@ _KIND_S4, _KIND_FF = 0, 1
 _SSM_FOLDED, _SSM_COMPACT = 0, 1
 # head: embedding, final LayerNorm, decoder, work-row layout
 (_H_EMBED, _H_D0, _H_CLASSES, _H_FINAL_W, _H_FINAL_B, _H_DEC_W, _H_DEC_B, _H_STATE, _H_WORK, _H_CUR, _H_STAGE_IN,
- _H_Z, _H_HA, _H_HB, _H_LOGITS, _H_LN) = range(16)
-_HEAD_FIELDS = 16
+ _H_Z, _H_HA, _H_HB, _H_LOGITS, _H_LN, _H_QUANT, _H_SUMS) = range(18)
+_HEAD_FIELDS = 18
 _OP_DOWN, _OP_UP, _OP_STAGE = STEP_OPS["down"], STEP_OPS["up"], STEP_OPS["stage"]
 _NORM_KINDS = {"transposed": NORM_TRANSPOSED, "layer": NORM_LAYER}
 # Storage of the linear layers' weights (pools, S4 output layers, feed-forward layers, decoder); the S4
 # step, norms, biases and the embedding stay float32 (the recurrence needs its precision).
-# Each stored matrix is followed in `params` by one scale per output row (1 unless int8), then its bias.
-PRECISIONS = ("fp32", "bf16", "int8")
+# Each stored matrix is followed in `params` by one scale per output row (1 unless int8 or w8a8), then its
+# bias; w8a8 (int8 weights packed by `pack_w8a8`, 8-bit activations) puts the rows' integer sums first.
+PRECISIONS = ("fp32", "bf16", "int8", "w8a8")
 # The S4 step's form per precision: fp32 keeps the folded matrices (40 bytes per (n, h)), the reduced
 # precisions read the compact form (16 bytes per (n, h), plus per-n and per-h constants).
 SSM_FORMS = ("folded", "compact")
-_SSM_FORM_OF = {"fp32": _SSM_FOLDED, "bf16": _SSM_COMPACT, "int8": _SSM_COMPACT}
+_SSM_FORM_OF = {"fp32": _SSM_FOLDED, "bf16": _SSM_COMPACT, "int8": _SSM_COMPACT, "w8a8": _SSM_COMPACT}
+WEIGHT_ALIGNMENT = 64   # bytes: the packed w8a8 groups start on cache lines
 
 
 @dataclass
 class FlatNetwork:
     """A plan as flat arrays: `params` float32, tables of offsets into it, and state / work row sizes."""
     params: np.ndarray       # (P,) float32, in the order the step reads them (the S4 step prefetches ahead)
-    weights: np.ndarray      # (Q,) linear weights, float32 or uint16 (bfloat16), in the order the step reads them
+    weights: np.ndarray      # linear weights in the order the step reads them: (Q,) float32, uint16 (bfloat16)
+                             # or int8, or (groups, 64) int8 for w8a8
     levels: np.ndarray       # (D + 1, _LEVEL_FIELDS) int64
     blocks: np.ndarray       # (n_blocks, _BLOCK_FIELDS) int64
     head: np.ndarray         # (_HEAD_FIELDS,) int64
@@ -79,10 +85,11 @@ def flatten(plan: NetworkPlan, precision: str = "fp32") -> FlatNetwork:
     if precision not in PRECISIONS:
         raise ValueError(f"precision={precision!r} is unknown: use one of {PRECISIONS}")
     ssm_form = _SSM_FORM_OF[precision]
-    parts, weight_parts, sizes = [], [], [0, 0, 0]   # parameter floats, state floats, weight values
+    parts, weight_parts, sizes = [], [], [0, 0, 0]   # parameter floats, state floats, weight values (or groups)
+    shapes = []                  # (n_out, n_in) of every stored matrix
     rate = [1.0]                 # how often (per sample) the stage being added runs
     read = [0.0]                 # bytes read per sample, rate-weighted
-    itemsize = {"fp32": 4, "bf16": 2, "int8": 1}[precision]
+    itemsize = {"fp32": 4, "bf16": 2, "int8": 1, "w8a8": 1}[precision]
 
     def add(array: np.ndarray, per_sample: float | None = None) -> int:
         flat = np.ascontiguousarray(array, dtype=np.float64).reshape(-1).astype(np.float32)
@@ -94,18 +101,22 @@ def flatten(plan: NetworkPlan, precision: str = "fp32") -> FlatNetwork:
     def add_weight(array: np.ndarray, per_sample: float | None = None) -> int:
         """The matrix (n_out, n_in) into `weights`, its row scales into `params` (the caller adds the bias next)."""
         matrix = np.asarray(array, dtype=np.float64)
+        shapes.append(matrix.shape)
         flat = np.ascontiguousarray(matrix).reshape(-1).astype(np.float32)
         scales = np.ones(matrix.shape[0], np.float32)
-        if precision == "bf16":
+        if precision == "w8a8":
+            flat, scales, row_sums = pack_w8a8(matrix)
+            add(row_sums, per_sample)
+        elif precision == "bf16":
             flat = to_bfloat16(flat)
         elif precision == "int8":
             quantized, scales = to_int8_rows(matrix)
             flat = quantized.reshape(-1)
         weight_parts.append(flat)
         add(scales, per_sample)
-        sizes[2] += flat.size
+        sizes[2] += len(flat)
         read[0] += itemsize * flat.size * (rate[0] if per_sample is None else per_sample)
-        return sizes[2] - flat.size
+        return sizes[2] - len(flat)
 
     def allocate(count: int) -> int:
         sizes[1] += count
@@ -173,16 +184,47 @@ def flatten(plan: NetworkPlan, precision: str = "fp32") -> FlatNetwork:
     for index in range(len(plan.levels)):
         levels[index, _L_SKIP] = offset
         offset += int(levels[index, _L_H])
+    # w8a8 scratch: the quantized input (4 bytes per float32) and the integer sums of the widest layer
+    quantized = padded(max(n_in for _, n_in in shapes), GROUP_INPUTS) // GROUP_INPUTS if precision == "w8a8" else 0
+    sums = padded(max(n_out for n_out, _ in shapes), BLOCK_ROWS) if precision == "w8a8" else 0
     for field, size in ((_H_CUR, widest), (_H_STAGE_IN, widest), (_H_Z, widest), (_H_HA, hidden), (_H_HB, hidden),
-                        (_H_LOGITS, plan.n_classes), (_H_LN, d0)):
+                        (_H_LOGITS, plan.n_classes), (_H_LN, d0), (_H_QUANT, quantized), (_H_SUMS, sums)):
         head[field] = offset
         offset += size
     head[_H_WORK], head[_H_STATE] = offset, sizes[1]
     block_table = np.stack(blocks) if blocks else np.zeros((0, _BLOCK_FIELDS), np.int64)
     params = np.concatenate(parts) if parts else np.zeros(0, np.float32)
-    weights = np.concatenate(weight_parts) if weight_parts else np.zeros(0, np.float32)
+    weights = _aligned(np.concatenate(weight_parts)) if weight_parts else np.zeros(0, np.float32)
     return FlatNetwork(params, weights, levels, block_table, head, np.array(eps, np.float64), plan.program,
                        plan.program_lengths, sizes[1], plan.n_classes, precision, SSM_FORMS[ssm_form], read[0])
+
+
+def _aligned(weights: np.ndarray) -> np.ndarray:
+    """A copy of `weights` that starts on a WEIGHT_ALIGNMENT boundary."""
+    raw = np.empty(weights.nbytes + WEIGHT_ALIGNMENT, np.uint8)
+    start = -raw.ctypes.data % WEIGHT_ALIGNMENT
+    aligned = raw[start:start + weights.nbytes].view(weights.dtype).reshape(weights.shape)
+    aligned[...] = weights
+    return aligned
+
+
+def linear(P, Q, w, bias, n_out, n_in, X, x_off, Y, y_off, batch, accumulate, W, head):
+    """Y[b, y_off + o] (+)= sum_i W[o, i] X[b, x_off + i] + bias[o] for the weights stored from Q[w] (numba only:
+    the storage picks the kernel when `run_steps` compiles; w8a8 uses the work rows' scratch)."""
+    raise NotImplementedError("linear runs inside numba-compiled code only")
+
+
+@overload(linear, jit_options=JIT)
+def _linear_for_storage(P, Q, w, bias, n_out, n_in, X, x_off, Y, y_off, batch, accumulate, W, head):
+    if Q.ndim == 2:   # w8a8: packed int8 groups
+        def integer(P, Q, w, bias, n_out, n_in, X, x_off, Y, y_off, batch, accumulate, W, head):
+            linear_w8a8(P, Q, w, bias, n_out, n_in, X, x_off, Y, y_off, batch, accumulate, W, head[_H_QUANT],
+                        head[_H_SUMS])
+        return integer
+
+    def widened(P, Q, w, bias, n_out, n_in, X, x_off, Y, y_off, batch, accumulate, W, head):
+        linear_widened(P, Q, w, bias, n_out, n_in, X, x_off, Y, y_off, batch, accumulate)
+    return widened
 
 
 @numba.njit(**JIT)
@@ -205,19 +247,19 @@ def _run_blocks(P, Q, blocks, first, end, norm_eps, head, W, S, batch):
                                 row[_B_MEM], batch)
             gelu_rows(W, ha, channels, batch)
             if row[_B_GLU]:
-                linear(P, Q, row[_B_W1], row[_B_B1], row[_B_OUT1], channels, W, ha, W, hb, batch, False)
+                linear(P, Q, row[_B_W1], row[_B_B1], row[_B_OUT1], channels, W, ha, W, hb, batch, False, W, head)
                 glu_add(W, hb, channels, cur, batch)
             else:
-                linear(P, Q, row[_B_W1], row[_B_B1], row[_B_OUT1], channels, W, ha, W, cur, batch, True)
+                linear(P, Q, row[_B_W1], row[_B_B1], row[_B_OUT1], channels, W, ha, W, cur, batch, True, W, head)
         else:
             hidden = row[_B_OUT1]
-            linear(P, Q, row[_B_W1], row[_B_B1], hidden, channels, W, z, W, ha, batch, False)
+            linear(P, Q, row[_B_W1], row[_B_B1], hidden, channels, W, z, W, ha, batch, False, W, head)
             gelu_rows(W, ha, hidden, batch)
-            linear(P, Q, row[_B_W2], row[_B_B2], channels, hidden, W, ha, W, cur, batch, True)
+            linear(P, Q, row[_B_W2], row[_B_B2], channels, hidden, W, ha, W, cur, batch, True, W, head)
 
 
 @numba.njit(**JIT)
-def _down(P, Q, levels, level, slot, completes, W, x_at, S, batch):
+def _down(P, Q, levels, head, level, slot, completes, W, x_at, S, batch):
     """`DownPool.step`: level `level`'s input W[:, x_at] into its pool's slot; a completed group emits
     the next level's input (its skip row). Returns where the current input now is."""
     channels = levels[level, _L_H]
@@ -227,7 +269,7 @@ def _down(P, Q, levels, level, slot, completes, W, x_at, S, batch):
         return x_at
     inner = levels[level + 1, _L_SKIP]
     linear(P, Q, levels[level, _L_DOWN_W], levels[level, _L_DOWN_B], levels[level + 1, _L_H],
-           channels * levels[level, _L_STRIDE], S, buf, W, inner, batch, False)
+           channels * levels[level, _L_STRIDE], S, buf, W, inner, batch, False, W, head)
     return inner
 
 
@@ -247,7 +289,7 @@ def _up(P, Q, levels, head, level, slot, completes, W, x_at, S, batch):
             out[h] = pooled[h] + x[h]
     if completes:
         linear(P, Q, levels[level, _L_UP_W], levels[level, _L_UP_B], channels * levels[level, _L_STRIDE],
-               levels[level + 1, _L_H], W, x_at, S, buf, batch, False)
+               levels[level + 1, _L_H], W, x_at, S, buf, batch, False, W, head)
     return stage_in
 
 
@@ -283,7 +325,7 @@ def _network_step(P, Q, levels, blocks, head, norm_eps, program, program_lengths
     for index in range(program_lengths[phase]):
         op = program[phase, index]
         if op[0] == _OP_DOWN:
-            x_at = _down(P, Q, levels, op[1], op[2], op[3], W, x_at, S, batch)
+            x_at = _down(P, Q, levels, head, op[1], op[2], op[3], W, x_at, S, batch)
         elif op[0] == _OP_UP:
             x_at = _up(P, Q, levels, head, op[1], op[2], op[3], W, x_at, S, batch)
         else:
@@ -307,7 +349,8 @@ def _network_step(P, Q, levels, blocks, head, norm_eps, program, program_lengths
         inv = np.float32(1.0 / math.sqrt(var / np.float32(d0) + eps))
         for i in range(d0):
             y[i] = (x[i] - mean) * inv * weight[i] + bias[i]
-    linear(P, Q, head[_H_DEC_W], head[_H_DEC_B], head[_H_CLASSES], d0, W, ln, W, head[_H_LOGITS], batch, False)
+    linear(P, Q, head[_H_DEC_W], head[_H_DEC_B], head[_H_CLASSES], d0, W, ln, W, head[_H_LOGITS], batch, False,
+           W, head)
 
 
 @numba.njit(nogil=True, **JIT)

@@ -13,11 +13,12 @@ from study.generation.engines.step import StepEngine
 from study.sashimi import SaShiMi
 
 BACKENDS = ("auto", "numba", "graph", "step")
-# Storage of the linear layers' weights (bf16 and int8 with the compact S4 step). 'auto' on 'numba': int8
-# when sampling (one scale per output row, a quarter of fp32's bytes; it moves the likelihood by far less
-# than 0.005 bits/sample, tests/generation/test_precision.py), fp32 at temperature 0 (greedy streams stay
-# those of the reference step); fp32 on the other backends (numba_engine.SAMPLING_PRECISION).
-PRECISIONS = ("auto", "fp32", "bf16", "int8")
+# Storage of the linear layers' weights (bf16, int8 and w8a8 with the compact S4 step). 'auto' on 'numba':
+# w8a8 when sampling (int8 weights with one scale per output row times activations quantized to 8 bits per
+# vector, summed exactly in int32; it moves the likelihood by far less than 0.005 bits/sample,
+# tests/generation/test_precision.py), fp32 at temperature 0 (greedy streams stay those of the reference
+# step); fp32 on the other backends (numba_engine.SAMPLING_PRECISION).
+PRECISIONS = ("auto", "fp32", "bf16", "int8", "w8a8")
 
 
 def resolve_device(device: str) -> torch.device:
