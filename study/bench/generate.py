@@ -2,7 +2,7 @@
 
 For each preset (full size, random weights: speed does not depend on them) and batch size it times
 the fast backend (numba on a CPU, CUDA graphs on a GPU; on a CPU once per weight precision, fp32 with
-the folded S4 step the baseline, bf16 and int8 with the compact one) and `model.step` from a Python
+the folded S4 step the baseline, bf16, int8 and w8a8 with the compact one) and `model.step` from a Python
 loop, all sampling at temperature 1. On a CPU it also measures the copy bandwidth in the same run and
 prints the bytes of parameters each sample reads and the fraction of that bandwidth reached. Prints a
 table; no test asserts timings.
@@ -191,7 +191,7 @@ def main(argv: list[str]) -> int:
                   f"({'met' if figure >= target else 'NOT met'})")
     print("cpu use = process CPU time / wall time / threads; well under 100% means other processes took the cores")
     if cpu:
-        print("numba-X* = the default precision ('auto'; int8 when sampling); MB/sample = parameter bytes read per "
+        print("numba-X* = the default precision ('auto'; w8a8 when sampling); MB/sample = parameter bytes read per "
               "sample (each thread re-reads them per pair of its streams, mostly from cache); of copy = MB/sample "
               "x summed samples/s / copy bandwidth")
     return 0

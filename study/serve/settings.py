@@ -34,7 +34,7 @@ class ServeSettings:
     backend: str = "auto"                # auto | numba | graph | step
     device: str = "auto"                 # auto | cpu | cuda
     threads: int = 0                     # numba threads; 0: one per core
-    precision: str = "auto"              # numba linear weights: auto (bf16; fp32 greedy) | fp32 | bf16 | int8
+    precision: str = "auto"              # numba linear weights: auto (w8a8; fp32 greedy) | fp32 | bf16 | int8 | w8a8
     runs: str = "runs"                   # where checkpoint=study:NAME is looked up
 
     def __post_init__(self):
