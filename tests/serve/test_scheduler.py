@@ -39,7 +39,9 @@ def test_join_runs_like_the_batch_it_concatenates(service, kind):
 
 def test_a_listener_that_stops_reading_parks_only_its_stream(checkpoint):
     from conftest import make_service
-    service = make_service(checkpoint, client_buffer_seconds=0.1)   # 1600 samples ahead at most
+    # int8: its pair and single-stream sums differ by ~5e-7, which this seed never turns into another token;
+    # w8a8 re-quantizes each input, so such a difference can move a level and then a sampled token
+    service = make_service(checkpoint, client_buffer_seconds=0.1, precision="int8")   # 1600 samples ahead at most
     try:
         settings = StreamSettings(seconds=0.5, seed=4)
         slow = service.create_job(settings, service.prompt(audio_file(0.2), "slow.wav", settings), "slow.wav")
