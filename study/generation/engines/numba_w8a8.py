@@ -82,15 +82,14 @@ def block_sums_kernel(blocks: int, streams: int, vnni: bool = HAS_VNNI):
                 row_stride.type, s)))]), _I32.as_pointer()) for s in range(streams)]
             outputs = [builder.gep(data, [builder.add(sums_index, builder.mul(row_stride, ir.Constant(
                 row_stride.type, s)))]) for s in range(streams)]
-            zero = ir.Constant(_SUMS, [ir.Constant(_I32, 0)] * BLOCK_ROWS)
+            zero = ir.Constant(_SUMS, [ir.Constant(_I32, 0)] * BLOCK_ROWS)   # also the splat of lane 0
             slots = [[cgutils.alloca_once_value(builder, zero) for _ in range(streams)] for _ in range(blocks)]
-            splat = ir.Constant(_SUMS, [ir.Constant(_I32, 0)] * BLOCK_ROWS)
             with cgutils.for_range(builder, count) as loop:
                 broadcast = []
                 for s in range(streams):
                     word = builder.load(builder.gep(inputs[s], [loop.index]), align=4)
                     vector = builder.insert_element(ir.Constant(_SUMS, None), word, ir.Constant(_I32, 0))
-                    broadcast.append(builder.shuffle_vector(vector, vector, splat))
+                    broadcast.append(builder.shuffle_vector(vector, vector, zero))
                 for j in range(blocks):
                     row = builder.add(builder.add(first, builder.mul(count, ir.Constant(count.type, j))), loop.index)
                     packed = builder.load(builder.gep(weights, [row]), align=1)
@@ -114,16 +113,23 @@ _sums_4x1, _sums_1x1 = block_sums_kernel(4, 1), block_sums_kernel(1, 1)
 _sums_4x2, _sums_1x2 = block_sums_kernel(4, 2), block_sums_kernel(1, 2)
 
 
-@numba.njit(**EXACT)
-def _quantize(X, b, x_off, n_in, T, quant_at):
-    """X[b, x_off:x_off + n_in] as bytes round((x - low) / step) at T[b, quant_at:] (zero bytes up to a
-    whole group); returns (low, step)."""
-    x = X[b, x_off:x_off + n_in]
+@numba.njit(**JIT)
+def _range(x, n_in):
+    """(min, max) of x[:n_in]: exact in any order, so this reduction may vectorise."""
     low = x[0]
     high = x[0]
     for i in range(n_in):
         low = min(low, x[i])
         high = max(high, x[i])
+    return low, high
+
+
+@numba.njit(**EXACT)
+def _quantize(X, b, x_off, n_in, T, quant_at):
+    """X[b, x_off:x_off + n_in] as bytes round((x - low) / step) at T[b, quant_at:] (zero bytes up to a
+    whole group); returns (low, step)."""
+    x = X[b, x_off:x_off + n_in]
+    low, high = _range(x, n_in)
     step = (high - low) / np.float32(255.0)
     if not step > 0:
         step = np.float32(1.0)
